@@ -241,15 +241,12 @@ fn event_type_field(value: Option<&Value>) -> Result<EventType, FieldError> {
 }
 
 fn timestamp_field(value: &Value) -> Result<(DateTime<Utc>, String), FieldError> {
-    value
-        .as_str()
-        .and_then(normalize_timestamp)
-        .ok_or_else(|| {
-            FieldError::invalid(
-                "timestamp",
-                "timestamp must be an RFC 3339 date-time, e.g. 2026-04-20T14:32:00Z",
-            )
-        })
+    value.as_str().and_then(normalize_timestamp).ok_or_else(|| {
+        FieldError::invalid(
+            "timestamp",
+            "timestamp must be an RFC 3339 date-time, e.g. 2026-04-20T14:32:00Z",
+        )
+    })
 }
 
 fn reject_unknown(object: &Map<String, Value>, known: &[&str]) -> Result<(), FieldError> {
@@ -271,7 +268,9 @@ pub fn parse_ingest(body: &Value) -> Result<ValidEvent, FieldError> {
         .ok_or_else(|| FieldError::invalid("", "the body must be a JSON object"))?;
     reject_unknown(object, &["event", "data", "timestamp", "id"])?;
     let event = event_type_field(object.get("event"))?;
-    let data = object.get("data").ok_or_else(|| FieldError::missing("data"))?;
+    let data = object
+        .get("data")
+        .ok_or_else(|| FieldError::missing("data"))?;
     validate_data(event, data)?;
     let (occurred_at, timestamp) = match object.get("timestamp") {
         None | Some(Value::Null) => now_timestamp(),
@@ -279,11 +278,8 @@ pub fn parse_ingest(body: &Value) -> Result<ValidEvent, FieldError> {
     };
     let id = match object.get("id") {
         None | Some(Value::Null) => EventId::new(),
-        Some(Value::String(source)) => {
-            EventId::from_source_id(source).map_err(|e: SourceIdError| {
-                FieldError::invalid("id", format!("id {e}"))
-            })?
-        }
+        Some(Value::String(source)) => EventId::from_source_id(source)
+            .map_err(|e: SourceIdError| FieldError::invalid("id", format!("id {e}")))?,
         Some(_) => return Err(FieldError::invalid("id", "id must be a string")),
     };
     Ok(ValidEvent {
@@ -325,10 +321,15 @@ pub fn parse_direct(publish: DirectPublish<'_>) -> Result<ValidEvent, FieldError
             ),
         ));
     }
-    let data = object.get("data").ok_or_else(|| FieldError::missing("data"))?;
+    let data = object
+        .get("data")
+        .ok_or_else(|| FieldError::missing("data"))?;
     validate_data(event, data)?;
-    let (occurred_at, timestamp) =
-        timestamp_field(object.get("timestamp").ok_or_else(|| FieldError::missing("timestamp"))?)?;
+    let (occurred_at, timestamp) = timestamp_field(
+        object
+            .get("timestamp")
+            .ok_or_else(|| FieldError::missing("timestamp"))?,
+    )?;
     let id = match publish.message_id {
         Some(source) => EventId::from_source_id(source)
             .map_err(|e| FieldError::invalid("message_id", format!("message_id {e}")))?,
@@ -412,7 +413,12 @@ mod tests {
     fn a_risk_off_alert_below_70_is_refused() {
         let mut data = EventType::MacroAlert.sample_data();
         data["score"] = json!(65);
-        assert_eq!(validate_data(EventType::MacroAlert, &data).unwrap_err().field, "data.score");
+        assert_eq!(
+            validate_data(EventType::MacroAlert, &data)
+                .unwrap_err()
+                .field,
+            "data.score"
+        );
         data["alert_type"] = json!("FED_HAWKISH_SPIKE");
         assert_eq!(validate_data(EventType::MacroAlert, &data), Ok(()));
     }
@@ -435,8 +441,10 @@ mod tests {
 
     #[test]
     fn an_ingested_event_without_timestamp_or_id_gets_both() {
-        let event = parse_ingest(&json!({"event":"council.new","data":EventType::CouncilNew.sample_data()}))
-            .unwrap();
+        let event = parse_ingest(
+            &json!({"event":"council.new","data":EventType::CouncilNew.sample_data()}),
+        )
+        .unwrap();
         assert_eq!(event.envelope.event, EventType::CouncilNew);
         assert!(event.envelope.timestamp.ends_with('Z'));
         assert!(normalize_timestamp(&event.envelope.timestamp).is_some());
@@ -458,12 +466,32 @@ mod tests {
         let data = EventType::VerdictNew.sample_data();
         let cases = [
             (json!({"data": data}), "event", "missing_field"),
-            (json!({"event":"verdict.nope","data":data}), "event", "unknown_event_type"),
+            (
+                json!({"event":"verdict.nope","data":data}),
+                "event",
+                "unknown_event_type",
+            ),
             (json!({"event":"verdict.new"}), "data", "missing_field"),
-            (json!({"event":"verdict.new","data":data,"timestamp":"yesterday"}), "timestamp", "invalid_field"),
-            (json!({"event":"verdict.new","data":data,"id":7}), "id", "invalid_field"),
-            (json!({"event":"verdict.new","data":data,"id":""}), "id", "invalid_field"),
-            (json!({"event":"verdict.new","data":data,"extra":1}), "extra", "unknown_field"),
+            (
+                json!({"event":"verdict.new","data":data,"timestamp":"yesterday"}),
+                "timestamp",
+                "invalid_field",
+            ),
+            (
+                json!({"event":"verdict.new","data":data,"id":7}),
+                "id",
+                "invalid_field",
+            ),
+            (
+                json!({"event":"verdict.new","data":data,"id":""}),
+                "id",
+                "invalid_field",
+            ),
+            (
+                json!({"event":"verdict.new","data":data,"extra":1}),
+                "extra",
+                "unknown_field",
+            ),
         ];
         for (body, field, code) in cases {
             let err = parse_ingest(&body).unwrap_err();
@@ -473,8 +501,12 @@ mod tests {
 
     #[test]
     fn the_same_producer_id_gives_the_same_event_id() {
-        let body = json!({"event":"verdict.new","id":"v-1","data":EventType::VerdictNew.sample_data()});
-        assert_eq!(parse_ingest(&body).unwrap().id, parse_ingest(&body).unwrap().id);
+        let body =
+            json!({"event":"verdict.new","id":"v-1","data":EventType::VerdictNew.sample_data()});
+        assert_eq!(
+            parse_ingest(&body).unwrap().id,
+            parse_ingest(&body).unwrap().id
+        );
     }
 
     #[test]

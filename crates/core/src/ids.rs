@@ -172,7 +172,10 @@ impl EventId {
         if !source.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(SourceIdError::Characters);
         }
-        Ok(Self(derived_uuid("aioka:event-id:v1", &[source.as_bytes()])))
+        Ok(Self(derived_uuid(
+            "aioka:event-id:v1",
+            &[source.as_bytes()],
+        )))
     }
 
     /// The event id of an envelope published without a `message_id`: derived from its exact
@@ -237,8 +240,16 @@ mod tests {
         let wh = WebhookId::new().to_string();
         assert!(wh.parse::<EventId>().is_err());
         assert!("wh_".parse::<WebhookId>().is_err());
-        assert!("wh_0000000000000000000000000u".parse::<WebhookId>().is_err());
-        assert!("wh_000000000000000000000000000".parse::<WebhookId>().is_err());
+        assert!(
+            "wh_0000000000000000000000000u"
+                .parse::<WebhookId>()
+                .is_err()
+        );
+        assert!(
+            "wh_000000000000000000000000000"
+                .parse::<WebhookId>()
+                .is_err()
+        );
     }
 
     #[test]

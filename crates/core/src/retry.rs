@@ -40,7 +40,7 @@ impl Tier {
 impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 == 0 {
+        if ms.is_multiple_of(1000) {
             write!(f, "{}s", ms / 1000)
         } else {
             write!(f, "{ms}ms")
@@ -66,7 +66,9 @@ impl RetrySchedule {
         }
         for d in &delays {
             if d.is_zero() || *d > MAX_DELAY || d.subsec_nanos() % 1_000_000 != 0 {
-                return Err(ScheduleError::Range(humantime::format_duration(*d).to_string()));
+                return Err(ScheduleError::Range(
+                    humantime::format_duration(*d).to_string(),
+                ));
             }
         }
         Ok(Self(delays))
@@ -183,7 +185,11 @@ mod tests {
         let s: RetrySchedule = "300ms, 1500ms ,2m".parse().unwrap();
         assert_eq!(
             s.delays(),
-            &[Duration::from_millis(300), Duration::from_millis(1500), secs(120)]
+            &[
+                Duration::from_millis(300),
+                Duration::from_millis(1500),
+                secs(120)
+            ]
         );
         let names: Vec<String> = s.tiers().iter().map(ToString::to_string).collect();
         assert_eq!(names, ["300ms", "1500ms", "120s"]);
@@ -209,9 +215,18 @@ mod tests {
             "5s,soon".parse::<RetrySchedule>(),
             Err(ScheduleError::Duration("soon".into()))
         );
-        assert!(matches!("0s".parse::<RetrySchedule>(), Err(ScheduleError::Range(_))));
-        assert!(matches!("2d".parse::<RetrySchedule>(), Err(ScheduleError::Range(_))));
-        assert!(matches!("1us".parse::<RetrySchedule>(), Err(ScheduleError::Range(_))));
+        assert!(matches!(
+            "0s".parse::<RetrySchedule>(),
+            Err(ScheduleError::Range(_))
+        ));
+        assert!(matches!(
+            "2d".parse::<RetrySchedule>(),
+            Err(ScheduleError::Range(_))
+        ));
+        assert!(matches!(
+            "1us".parse::<RetrySchedule>(),
+            Err(ScheduleError::Range(_))
+        ));
         let many = vec!["1s"; 21].join(",");
         assert_eq!(many.parse::<RetrySchedule>(), Err(ScheduleError::TooMany));
     }

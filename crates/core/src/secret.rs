@@ -163,7 +163,9 @@ pub struct EncryptionKey([u8; 32]);
 /// Why a configured encryption key or a stored ciphertext was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CryptoError {
-    #[error("the secret key must be standard base64 of exactly 32 bytes (try: openssl rand -base64 32)")]
+    #[error(
+        "the secret key must be standard base64 of exactly 32 bytes (try: openssl rand -base64 32)"
+    )]
     KeyFormat,
     #[error("the stored secret could not be decrypted with the configured key")]
     Decrypt,
@@ -311,10 +313,7 @@ mod tests {
             "the ciphertext must not contain the secret"
         );
         assert_eq!(key.open_secret(&sealed, b"wh_1").unwrap(), secret);
-        assert_eq!(
-            key.open_secret(&sealed, b"wh_2"),
-            Err(CryptoError::Decrypt)
-        );
+        assert_eq!(key.open_secret(&sealed, b"wh_2"), Err(CryptoError::Decrypt));
         assert_eq!(
             EncryptionKey::generate().open_secret(&sealed, b"wh_1"),
             Err(CryptoError::Decrypt)

@@ -67,7 +67,7 @@ pub fn verify_aioka_signature(secret: &WebhookSecret, body: &[u8], header: &str)
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -122,7 +122,11 @@ mod tests {
     fn a_changed_body_or_a_malformed_header_fails_verification() {
         let secret = WebhookSecret::generate();
         let signature = aioka_signature(&secret, b"{}");
-        assert!(signature.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(
+            signature
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
         assert_eq!(signature.len(), 64);
         assert!(!verify_aioka_signature(&secret, b"{ }", &signature));
         assert!(!verify_aioka_signature(&secret, b"{}", "zz"));

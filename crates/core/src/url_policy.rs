@@ -92,9 +92,8 @@ fn blocked_v6(ip: Ipv6Addr) -> Option<BlockReason> {
         return blocked_v4(v4);
     }
     let s = ip.segments();
-    let embedded = |hi: u16, lo: u16| {
-        Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8)
-    };
+    let embedded =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
     if s[..6] == [0; 6] {
         // IPv4-compatible addresses are deprecated (RFC 4291 §2.5.5.1): nothing public uses them.
         return blocked_v4(embedded(s[6], s[7])).or(Some(BlockReason::Reserved));
@@ -103,10 +102,10 @@ fn blocked_v6(ip: Ipv6Addr) -> Option<BlockReason> {
         return blocked_v4(embedded(s[6], s[7]));
     }
     // 6to4 (2002::/16) carries an IPv4 address in bits 16..48.
-    if s[0] == 0x2002 {
-        if let Some(reason) = blocked_v4(embedded(s[1], s[2])) {
-            return Some(reason);
-        }
+    if s[0] == 0x2002
+        && let Some(reason) = blocked_v4(embedded(s[1], s[2]))
+    {
+        return Some(reason);
     }
     let reason = match s[0] {
         // AWS's IPv6 metadata endpoint fd00:ec2::254 lies inside fc00::/7; name it.

@@ -1,0 +1,261 @@
+//! Exchange and queue names and how they are declared.
+//!
+//! See `proto/amqp.md` for the contract and `../../ARCHITECTURE.md` for why: quorum queues,
+//! one TTL wait queue per retry delay (no head-of-line blocking, no plugin), at-least-once
+//! dead-lettering back to the delivery exchange, and a delivery limit on every consumed queue
+//! so a poison message ends in the parking queue instead of looping forever.
+//! <https://www.rabbitmq.com/docs/quorum-queues#poison-message-handling>,
+//! <https://www.rabbitmq.com/docs/dlx#safety>.
+
+use aioka_core::retry::Tier;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
+use serde::Deserialize;
+
+use crate::QueueError;
+
+/// Routing key of delivery tasks on the deliveries exchange.
+pub const DELIVERY_KEY: &str = "delivery";
+/// Header naming why a message was parked.
+pub const PARK_REASON_HEADER: &str = "x-aioka-park-reason";
+/// Header naming the queue a parked message came from.
+pub const PARK_SOURCE_HEADER: &str = "x-aioka-park-source";
+
+/// `[amqp]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: String,
+    pub prefix: String,
+    pub delivery_limit: u32,
+}
+
+/// The names of one deployment's exchanges and queues.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    prefix: String,
+    tiers: Vec<Tier>,
+    delivery_limit: u32,
+}
+
+impl Topology {
+    /// `tiers` are the retry delays of the schedule; each gets a wait queue.
+    pub fn new(prefix: &str, tiers: Vec<Tier>, delivery_limit: u32) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            tiers,
+            delivery_limit: delivery_limit.max(1),
+        }
+    }
+
+    pub fn events_exchange(&self) -> String {
+        format!("{}.events", self.prefix)
+    }
+    pub fn fanout_queue(&self) -> String {
+        format!("{}.fanout", self.prefix)
+    }
+    pub fn deliveries_exchange(&self) -> String {
+        format!("{}.deliveries", self.prefix)
+    }
+    pub fn delivery_queue(&self) -> String {
+        format!("{}.delivery", self.prefix)
+    }
+    pub fn retry_exchange(&self) -> String {
+        format!("{}.retry", self.prefix)
+    }
+    pub fn retry_queue(&self, tier: Tier) -> String {
+        format!("{}.retry.{tier}", self.prefix)
+    }
+    pub fn parking_exchange(&self) -> String {
+        format!("{}.parking", self.prefix)
+    }
+    pub fn parking_queue(&self) -> String {
+        format!("{}.parking", self.prefix)
+    }
+
+    /// Every queue this topology declares, for inspection and test clean-up.
+    pub fn queues(&self) -> Vec<String> {
+        let mut queues = vec![
+            self.fanout_queue(),
+            self.delivery_queue(),
+            self.parking_queue(),
+        ];
+        queues.extend(self.tiers.iter().map(|t| self.retry_queue(*t)));
+        queues
+    }
+
+    /// Every exchange this topology declares.
+    pub fn exchanges(&self) -> Vec<String> {
+        vec![
+            self.events_exchange(),
+            self.deliveries_exchange(),
+            self.retry_exchange(),
+            self.parking_exchange(),
+        ]
+    }
+
+    /// Declares everything. Idempotent: declaring what exists with the same arguments is a
+    /// no-op; different arguments fail with 406 PRECONDITION_FAILED (a topology change needs a
+    /// new name or a policy, see ARCHITECTURE.md).
+    #[tracing::instrument(skip_all, fields(prefix = %self.prefix))]
+    pub async fn declare(&self, channel: &Channel) -> Result<(), QueueError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let exchanges = [
+            (self.events_exchange(), ExchangeKind::Topic),
+            (self.deliveries_exchange(), ExchangeKind::Direct),
+            (self.retry_exchange(), ExchangeKind::Direct),
+            (self.parking_exchange(), ExchangeKind::Fanout),
+        ];
+        for (name, kind) in exchanges {
+            channel
+                .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
+                .await?;
+        }
+
+        self.queue(channel, &self.parking_queue(), quorum()).await?;
+        self.bind(channel, &self.parking_queue(), &self.parking_exchange(), "")
+            .await?;
+
+        let consumed = self.consumed_queue_args();
+        self.queue(channel, &self.fanout_queue(), consumed.clone())
+            .await?;
+        self.bind(channel, &self.fanout_queue(), &self.events_exchange(), "#")
+            .await?;
+        self.queue(channel, &self.delivery_queue(), consumed)
+            .await?;
+        self.bind(
+            channel,
+            &self.delivery_queue(),
+            &self.deliveries_exchange(),
+            DELIVERY_KEY,
+        )
+        .await?;
+
+        for tier in &self.tiers {
+            let queue = self.retry_queue(*tier);
+            let mut args = quorum();
+            let ttl = i64::try_from(tier.delay().as_millis()).unwrap_or(i64::MAX);
+            put(&mut args, "x-message-ttl", AMQPValue::LongLongInt(ttl));
+            put(
+                &mut args,
+                "x-dead-letter-exchange",
+                text(&self.deliveries_exchange()),
+            );
+            put(&mut args, "x-dead-letter-routing-key", text(DELIVERY_KEY));
+            at_least_once(&mut args);
+            self.queue(channel, &queue, args).await?;
+            self.bind(channel, &queue, &self.retry_exchange(), &tier.to_string())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Arguments of a queue a service consumes: a delivery limit, and poison messages
+    /// dead-lettered at least once to the parking exchange.
+    fn consumed_queue_args(&self) -> FieldTable {
+        let mut args = quorum();
+        put(
+            &mut args,
+            "x-delivery-limit",
+            AMQPValue::LongLongInt(i64::from(self.delivery_limit)),
+        );
+        put(
+            &mut args,
+            "x-dead-letter-exchange",
+            text(&self.parking_exchange()),
+        );
+        at_least_once(&mut args);
+        args
+    }
+
+    async fn queue(
+        &self,
+        channel: &Channel,
+        name: &str,
+        args: FieldTable,
+    ) -> Result<(), QueueError> {
+        channel
+            .queue_declare(
+                name.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                args,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn bind(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        exchange: &str,
+        key: &str,
+    ) -> Result<(), QueueError> {
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+fn put(args: &mut FieldTable, key: &str, value: AMQPValue) {
+    args.insert(ShortString::from(key), value);
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    put(&mut args, "x-queue-type", text("quorum"));
+    args
+}
+
+/// At-least-once dead-lettering needs `reject-publish` overflow on the source queue.
+fn at_least_once(args: &mut FieldTable) {
+    put(args, "x-dead-letter-strategy", text("at-least-once"));
+    put(args, "x-overflow", text("reject-publish"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aioka_core::retry::RetrySchedule;
+
+    #[test]
+    fn names_follow_the_prefix_and_the_tiers() {
+        let schedule: RetrySchedule = "300ms,5s,5s".parse().unwrap();
+        let t = Topology::new("t1", schedule.tiers(), 20);
+        assert_eq!(t.events_exchange(), "t1.events");
+        assert_eq!(t.fanout_queue(), "t1.fanout");
+        assert_eq!(t.delivery_queue(), "t1.delivery");
+        assert_eq!(
+            t.queues(),
+            [
+                "t1.fanout",
+                "t1.delivery",
+                "t1.parking",
+                "t1.retry.300ms",
+                "t1.retry.5s"
+            ]
+        );
+        assert_eq!(
+            t.exchanges(),
+            ["t1.events", "t1.deliveries", "t1.retry", "t1.parking"]
+        );
+    }
+}

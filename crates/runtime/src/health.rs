@@ -1,0 +1,93 @@
+//! Liveness, readiness and metrics endpoints, shared by every service.
+//!
+//! `/healthz` answers 200 while the process runs. `/readyz` answers 200 only when every
+//! component the service registered (database, broker, consumer) says it is ready, and 503
+//! with the list otherwise, so Kubernetes stops routing to a pod that lost its broker.
+//! `/metrics` is the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The readiness of a service's components.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    components: Arc<Mutex<BTreeMap<&'static str, bool>>>,
+}
+
+impl Health {
+    /// A health registry where each of `components` starts not ready.
+    pub fn new(components: &[&'static str]) -> Self {
+        // Install the metrics recorder before anything records.
+        prometheus();
+        let health = Self::default();
+        for c in components {
+            health.set(c, false);
+        }
+        health
+    }
+
+    pub fn set(&self, component: &'static str, ready: bool) {
+        if let Ok(mut map) = self.components.lock() {
+            map.insert(component, ready);
+        }
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<&'static str, bool> {
+        self.components
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.snapshot().values().all(|ready| *ready)
+    }
+
+    /// `/healthz`, `/readyz` and `/metrics`, to merge into a service's router or serve alone.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(self.clone())
+    }
+}
+
+async fn readyz(State(health): State<Health>) -> Response {
+    let snapshot = health.snapshot();
+    let status = if snapshot.values().all(|r| *r) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({ "ready": status == StatusCode::OK, "components": snapshot });
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        prometheus().render(),
+    )
+        .into_response()
+}
+
+/// The process's Prometheus recorder, installed on first use. One per process: the services
+/// that tests run side by side in one process share it.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (a test harness); then ours only renders.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}

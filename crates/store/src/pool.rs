@@ -1,0 +1,103 @@
+//! The connection pool and migrations.
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use serde::Deserialize;
+use tokio_postgres::NoTls;
+
+use crate::StoreError;
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// `[database]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub pool_size: usize,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// A handle on the database; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) pool: Pool,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("status", &self.pool.status())
+            .finish()
+    }
+}
+
+/// A key for `pg_advisory_lock` so two processes never migrate at once.
+const MIGRATION_LOCK: i64 = 0x4149_4f4b_415f_4d49; // "AIOKA_MI"
+
+impl Store {
+    /// Builds the pool. Connections are opened lazily; call [`Store::ping`] to check.
+    pub fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let config: tokio_postgres::Config = settings
+            .url
+            .parse()
+            .map_err(|e| StoreError::Config(format!("database.url is not valid: {e}")))?;
+        let mut config = config;
+        config.connect_timeout(settings.connect_timeout);
+        config.application_name("aioka");
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .timeouts(Timeouts {
+                wait: Some(settings.connect_timeout),
+                create: Some(settings.connect_timeout),
+                recycle: Some(settings.connect_timeout),
+            })
+            .build()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
+        Ok(Self { pool })
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
+    /// Applies every migration not yet applied, holding an advisory lock so concurrent
+    /// callers (several pods starting together) take turns.
+    #[tracing::instrument(skip_all)]
+    pub async fn migrate(&self) -> Result<usize, StoreError> {
+        let mut client = self.pool.get().await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        let client_ref: &mut tokio_postgres::Client = &mut client;
+        let result = embedded::migrations::runner()
+            .run_async(client_ref)
+            .await
+            .map(|report| report.applied_migrations().len())
+            .map_err(|e| StoreError::Migration(e.to_string()));
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        result
+    }
+}
