@@ -1,0 +1,165 @@
+//! `aioka`: the operator's command line. Keys, migrations, and the parking queue.
+//!
+//! Output meant for scripts goes to stdout alone (`KEY=$(aioka keys create …)` works);
+//! everything else goes to stderr.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout)]
+
+use std::process::ExitCode;
+
+use aioka_core::tier::Tier;
+use aioka_core::{ApiKey, ApiKeyId, KeyKind};
+use aioka_store::{DatabaseSettings, NewKey, Store};
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "aioka", version, about = "AIOKA Webhooks administration")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply every database migration not yet applied (safe to run concurrently).
+    Migrate,
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it once; only its hash is stored.
+    Create(CreateKey),
+    /// List keys (never their secret part).
+    List {
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key by its id (key_…): it stops working at once.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+struct CreateKey {
+    /// A name to recognise the key by.
+    #[arg(long)]
+    name: String,
+    /// The customer's tier (customer keys).
+    #[arg(long, value_parser = parse_tier, conflicts_with = "producer", required_unless_present = "producer")]
+    tier: Option<Tier>,
+    /// Create a producer key, which may publish events.
+    #[arg(long)]
+    producer: bool,
+    /// Print the key's record, with the key, as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_tier(text: &str) -> Result<Tier, String> {
+    text.parse()
+        .map_err(|e: aioka_core::tier::UnknownTier| e.to_string())
+}
+
+#[derive(Debug, Deserialize)]
+struct Settings {
+    database: DatabaseSettings,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("aioka: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings: Settings = aioka_runtime::load()?;
+    let store = Store::connect(&settings.database)?;
+    match cli.command {
+        Command::Migrate => {
+            let applied = store.migrate().await.context("migrating the database")?;
+            eprintln!("migrations applied: {applied}");
+        }
+        Command::Keys(KeysCommand::Create(args)) => create_key(&store, args).await?,
+        Command::Keys(KeysCommand::List { json }) => list_keys(&store, json).await?,
+        Command::Keys(KeysCommand::Revoke { id }) => {
+            let id: ApiKeyId = id.parse().context("the id to revoke")?;
+            if !store.revoke_key(id).await? {
+                bail!("no active key {id}");
+            }
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+async fn create_key(store: &Store, args: CreateKey) -> anyhow::Result<()> {
+    let name = args.name.trim();
+    if name.is_empty() || name.len() > 200 {
+        bail!("--name must be 1 to 200 characters");
+    }
+    let kind = if args.producer {
+        KeyKind::Producer
+    } else {
+        KeyKind::Customer
+    };
+    let key = ApiKey::generate(kind);
+    let record = store
+        .insert_key(&NewKey {
+            name,
+            kind,
+            tier: args.tier,
+            key: &key,
+        })
+        .await
+        .context("storing the key")?;
+    if args.json {
+        let mut value = serde_json::to_value(&record)?;
+        value["key"] = serde_json::Value::String(key.expose().to_owned());
+        println!("{value}");
+    } else {
+        println!("{}", key.expose());
+    }
+    eprintln!("created {} {} ({})", kind.as_str(), record.id, record.name);
+    Ok(())
+}
+
+async fn list_keys(store: &Store, json: bool) -> anyhow::Result<()> {
+    let keys = store.list_keys().await?;
+    if json {
+        for key in &keys {
+            println!("{}", serde_json::to_string(key)?);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<30}  {:<8}  {:<10}  {:<14}  {:<8}  NAME",
+        "ID", "KIND", "TIER", "PREFIX", "STATUS"
+    );
+    for key in &keys {
+        println!(
+            "{:<30}  {:<8}  {:<10}  {:<14}  {:<8}  {}",
+            key.id.to_string(),
+            key.kind.as_str(),
+            key.tier.map(Tier::as_str).unwrap_or("-"),
+            key.key_prefix,
+            if key.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "active"
+            },
+            key.name
+        );
+    }
+    Ok(())
+}

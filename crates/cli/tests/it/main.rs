@@ -1,0 +1,126 @@
+//! The `aioka` binary against a real PostgreSQL database of its own.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Command, Output};
+
+use aioka_core::ApiKey;
+use aioka_testkit::TestDb;
+use serde_json::Value;
+
+fn aioka(db: &TestDb, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aioka"))
+        .args(args)
+        .env("AIOKA__DATABASE__URL", &db.url)
+        .output()
+        .expect("run aioka")
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "aioka failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[tokio::test]
+async fn keys_create_prints_the_key_alone_and_stores_only_its_hash() {
+    let db = TestDb::new().await;
+    let out = stdout(&aioka(
+        &db,
+        &["keys", "create", "--name", "demo", "--tier", "basic"],
+    ));
+    let key = out.trim_end();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(key.starts_with("aioka_ck_"), "{key}");
+    let record = db
+        .store
+        .find_active_key(&ApiKey::from_header(key))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.name, "demo");
+    assert_eq!(record.tier.unwrap().as_str(), "basic");
+
+    let producer = stdout(&aioka(
+        &db,
+        &["keys", "create", "--name", "pipe", "--producer"],
+    ));
+    assert!(producer.trim_end().starts_with("aioka_pk_"), "{producer}");
+
+    let listing = stdout(&aioka(&db, &["keys", "list", "--json"]));
+    assert!(!listing.contains(key), "a listing must never show a key");
+    assert!(!listing.contains(producer.trim_end()));
+    let rows: Vec<Value> = listing
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["kind"], "producer");
+    assert_eq!(rows[1]["tier"], Value::Null);
+}
+
+#[tokio::test]
+async fn keys_create_json_prints_the_record_with_the_key() {
+    let db = TestDb::new().await;
+    let out = stdout(&aioka(
+        &db,
+        &["keys", "create", "--name", "j", "--tier", "pro", "--json"],
+    ));
+    let value: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(value["id"].as_str().unwrap().starts_with("key_"));
+    assert_eq!(value["tier"], "pro");
+    assert_eq!(value["kind"], "customer");
+    assert!(value["key"].as_str().unwrap().starts_with("aioka_ck_"));
+}
+
+#[tokio::test]
+async fn a_revoked_key_stops_working_and_cannot_be_revoked_twice() {
+    let db = TestDb::new().await;
+    let out = stdout(&aioka(
+        &db,
+        &["keys", "create", "--name", "r", "--tier", "free", "--json"],
+    ));
+    let value: Value = serde_json::from_str(out.trim()).unwrap();
+    let id = value["id"].as_str().unwrap();
+    stdout(&aioka(&db, &["keys", "revoke", id]));
+    let key = ApiKey::from_header(value["key"].as_str().unwrap());
+    assert!(db.store.find_active_key(&key).await.unwrap().is_none());
+    let again = aioka(&db, &["keys", "revoke", id]);
+    assert!(!again.status.success());
+    let table = stdout(&aioka(&db, &["keys", "list"]));
+    assert!(table.contains("revoked"), "{table}");
+}
+
+#[tokio::test]
+async fn bad_arguments_are_refused() {
+    let db = TestDb::new().await;
+    for args in [
+        &["keys", "create", "--name", "x"][..],
+        &["keys", "create", "--name", "x", "--tier", "gold"],
+        &[
+            "keys",
+            "create",
+            "--name",
+            "x",
+            "--tier",
+            "basic",
+            "--producer",
+        ],
+        &["keys", "create", "--name", "", "--tier", "basic"],
+        &["keys", "revoke", "wh_nope"],
+    ] {
+        let out = aioka(&db, args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        assert!(out.stdout.is_empty(), "{args:?} printed to stdout");
+    }
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent() {
+    let db = TestDb::new().await;
+    let out = aioka(&db, &["migrate"]);
+    stdout(&out);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("migrations applied: 0"));
+}

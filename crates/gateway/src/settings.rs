@@ -1,0 +1,85 @@
+//! The gateway's settings: `[database]`, `[amqp]`, `[security]`, `[gateway]`, `[telemetry]`,
+//! and the retry schedule of `[delivery]` (to declare the same topology as the other services).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aioka_queue::AmqpSettings;
+use aioka_runtime::settings::duration;
+use aioka_runtime::{SecuritySettings, SettingsError, TelemetrySettings};
+use aioka_store::DatabaseSettings;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub security: SecuritySettings,
+    pub gateway: GatewaySettings,
+    pub telemetry: TelemetrySettings,
+    pub delivery: DeliveryScheduleSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub max_webhooks_per_key: u32,
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub dns_timeout: Duration,
+}
+
+/// The part of `[delivery]` the gateway needs; the rest belongs to the delivery service.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliveryScheduleSettings {
+    pub retry_schedule: String,
+}
+
+impl Settings {
+    /// Loads and validates; the error names the offending setting.
+    pub fn load() -> Result<Self, SettingsError> {
+        let settings: Self = aioka_runtime::load()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.security.encryption_key()?;
+        self.listen_addr()?;
+        if self.gateway.max_body_bytes < 1024 {
+            return Err(SettingsError::invalid(
+                "gateway",
+                "max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        if self.gateway.max_webhooks_per_key == 0 {
+            return Err(SettingsError::invalid(
+                "gateway",
+                "max_webhooks_per_key",
+                "must be at least 1",
+            ));
+        }
+        self.retry_schedule()?;
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, SettingsError> {
+        self.gateway
+            .listen
+            .parse()
+            .map_err(|e| SettingsError::invalid("gateway", "listen", format!("{e}")))
+    }
+
+    pub fn retry_schedule(&self) -> Result<aioka_core::retry::RetrySchedule, SettingsError> {
+        self.delivery
+            .retry_schedule
+            .parse()
+            .map_err(|e: aioka_core::retry::ScheduleError| {
+                SettingsError::invalid("delivery", "retry_schedule", e.to_string())
+            })
+    }
+}

@@ -1,0 +1,18 @@
+//! What every handler shares.
+
+use std::sync::Arc;
+
+use aioka_core::EncryptionKey;
+use aioka_runtime::Health;
+use aioka_store::Store;
+
+use crate::settings::GatewaySettings;
+
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub store: Store,
+    pub encryption_key: Arc<EncryptionKey>,
+    pub settings: Arc<GatewaySettings>,
+    pub allow_private_targets: bool,
+    pub health: Health,
+}

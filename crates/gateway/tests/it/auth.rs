@@ -1,0 +1,155 @@
+//! Authentication, key kinds, and the answers for routes and methods that do not exist.
+
+use aioka_core::tier::Tier;
+use aioka_core::{ApiKey, KeyKind};
+use serde_json::json;
+
+use crate::{App, assert_error};
+
+#[tokio::test]
+async fn a_missing_wrong_or_revoked_key_gets_401() {
+    let app = App::spawn().await;
+    let response = app
+        .client
+        .get(app.url("/v1/webhooks"))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_error(response, 401, "unauthorized", None).await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("X-API-Key")
+    );
+
+    let wrong = ApiKey::generate(KeyKind::Customer);
+    assert_error(
+        app.get("/v1/webhooks", wrong.expose()).await,
+        401,
+        "unauthorized",
+        None,
+    )
+    .await;
+    assert_error(app.get("/v1/webhooks", "").await, 401, "unauthorized", None).await;
+
+    let (key, record) = app.key(KeyKind::Customer, Some(Tier::Basic)).await;
+    assert_eq!(app.get("/v1/webhooks", &key).await.status(), 200);
+    assert!(app.db.store.revoke_key(record.id).await.unwrap());
+    assert_error(
+        app.get("/v1/webhooks", &key).await,
+        401,
+        "unauthorized",
+        None,
+    )
+    .await;
+    let response = app
+        .post(
+            "/v1/webhooks",
+            &key,
+            &json!({"url": "https://a.example.com", "events": ["verdict.new"]}),
+        )
+        .await;
+    assert_error(response, 401, "unauthorized", None).await;
+}
+
+#[tokio::test]
+async fn an_error_never_echoes_the_key() {
+    let app = App::spawn().await;
+    let wrong = ApiKey::generate(KeyKind::Customer);
+    let text = app
+        .get("/v1/webhooks", wrong.expose())
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains(wrong.expose()), "{text}");
+}
+
+#[tokio::test]
+async fn a_producer_key_cannot_manage_webhooks() {
+    let app = App::spawn().await;
+    let producer = app.producer().await;
+    assert_error(
+        app.get("/v1/webhooks", &producer).await,
+        403,
+        "wrong_key_kind",
+        None,
+    )
+    .await;
+    let response = app
+        .post(
+            "/v1/webhooks",
+            &producer,
+            &json!({"url": "https://a.example.com", "events": ["verdict.new"]}),
+        )
+        .await;
+    assert_error(response, 403, "wrong_key_kind", None).await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors() {
+    let app = App::spawn().await;
+    let key = app.customer(Tier::Basic).await;
+    assert_error(
+        app.get("/v2/nothing", &key).await,
+        404,
+        "route_not_found",
+        None,
+    )
+    .await;
+    let response = app
+        .client
+        .put(app.url("/v1/webhooks"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, 405, "method_not_allowed", None).await;
+}
+
+#[tokio::test]
+async fn health_endpoints_answer() {
+    let app = App::spawn().await;
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // The database probe runs at start; readiness follows within a moment.
+    let mut ready = false;
+    for _ in 0..50 {
+        if app
+            .client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready, "/readyz never became ready");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("aioka_gateway_requests_total"),
+        "{metrics}"
+    );
+    app.stop().await;
+}

@@ -1,0 +1,1 @@
+//! HTTPS receivers for delivery tests (see the pipeline issue).
