@@ -1,0 +1,112 @@
+# Shared by scripts/up, scripts/down and scripts/test. Sourced, not run.
+# Makes sure the toolchain, PostgreSQL and RabbitMQ are there: starts the machine's own
+# services when they are installed but stopped, installs them from Debian's packages when
+# they are missing on a Debian-like machine (as root), and says what to do anywhere else.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+RUN="$ROOT/.run"
+mkdir -p "$RUN"
+
+PG_HOST="${AIOKA_PG_HOST:-127.0.0.1}"
+PG_PORT="${AIOKA_PG_PORT:-5432}"
+AMQP_HOST="${AIOKA_AMQP_HOST:-127.0.0.1}"
+AMQP_PORT="${AIOKA_AMQP_PORT:-5672}"
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[31merror:\033[0m %s\n' "$*" >&2; exit 1; }
+
+is_root() { [ "$(id -u)" = 0 ]; }
+have() { command -v "$1" >/dev/null 2>&1; }
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+wait_port() { # host port seconds
+  local i
+  for ((i = 0; i < $3 * 4; i++)); do
+    port_open "$1" "$2" && return 0
+    sleep 0.25
+  done
+  return 1
+}
+
+apt_install() {
+  if is_root && have apt-get; then
+    say "installing $* from the distribution's packages"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >&2
+  else
+    return 1
+  fi
+}
+
+ensure_toolchain() {
+  if ! have cargo; then
+    die "cargo is not installed. Install Rust with rustup (https://rustup.rs), then run this again."
+  fi
+  if ! have cc && ! have gcc; then
+    apt_install build-essential || die "a C compiler is needed (ring builds C). Install gcc, then run this again."
+  fi
+}
+
+ensure_postgres() {
+  if port_open "$PG_HOST" "$PG_PORT"; then return 0; fi
+  if [ "$PG_HOST" != 127.0.0.1 ] && [ "$PG_HOST" != localhost ]; then
+    die "PostgreSQL at $PG_HOST:$PG_PORT is not reachable; start it, or set AIOKA_PG_HOST."
+  fi
+  if ! have pg_ctlcluster && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+    apt_install postgresql postgresql-client ||
+      die "PostgreSQL is not installed. On Debian/Ubuntu: apt-get install postgresql (as root); elsewhere install PostgreSQL 15+ listening on 127.0.0.1:5432."
+  fi
+  say "starting the machine's PostgreSQL"
+  local version
+  version="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n1)"
+  [ -n "$version" ] || die "no PostgreSQL cluster under /etc/postgresql; create one with pg_createcluster."
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 2>&1 ||
+    pg_ctlcluster "$version" main start >&2 ||
+    die "could not start PostgreSQL $version (see /var/log/postgresql/)."
+  touch "$RUN/started-postgres"
+  wait_port "$PG_HOST" "$PG_PORT" 30 || die "PostgreSQL did not open $PG_HOST:$PG_PORT within 30 s."
+}
+
+ensure_rabbitmq() {
+  if port_open "$AMQP_HOST" "$AMQP_PORT"; then return 0; fi
+  if [ "$AMQP_HOST" != 127.0.0.1 ] && [ "$AMQP_HOST" != localhost ]; then
+    die "RabbitMQ at $AMQP_HOST:$AMQP_PORT is not reachable; start it, or set AIOKA_AMQP_HOST."
+  fi
+  if ! have rabbitmq-server; then
+    apt_install rabbitmq-server ||
+      die "RabbitMQ is not installed. On Debian/Ubuntu: apt-get install rabbitmq-server (as root); elsewhere install RabbitMQ 3.10+ listening on 127.0.0.1:5672 with guest/guest."
+  fi
+  say "starting the machine's RabbitMQ"
+  rabbitmq-server -detached >&2 2>&1 || die "could not start RabbitMQ (see /var/log/rabbitmq/)."
+  touch "$RUN/started-rabbitmq"
+  wait_port "$AMQP_HOST" "$AMQP_PORT" 90 || die "RabbitMQ did not open $AMQP_HOST:$AMQP_PORT within 90 s."
+}
+
+# The URL of a PostgreSQL role that may create databases. The machine's trust auth for user
+# postgres is used when it works; otherwise (a fresh Debian install uses password auth on TCP)
+# a role `aioka` with a generated password is created through the local socket.
+db_admin_url() {
+  local trust="postgres://postgres@$PG_HOST:$PG_PORT/postgres"
+  if [ -n "${AIOKA_DB_ADMIN_URL:-}" ]; then echo "$AIOKA_DB_ADMIN_URL"; return; fi
+  if psql "$trust" -Atqc 'SELECT 1' >/dev/null 2>&1; then echo "$trust"; return; fi
+  local pwfile="$RUN/pg-password"
+  [ -s "$pwfile" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=\n' >"$pwfile"
+  local pw url
+  pw="$(cat "$pwfile")"
+  url="postgres://aioka:$pw@$PG_HOST:$PG_PORT/postgres"
+  if psql "$url" -Atqc 'SELECT 1' >/dev/null 2>&1; then echo "$url"; return; fi
+  if is_root && have runuser; then
+    runuser -u postgres -- psql -Atqc "DO \$\$BEGIN
+      IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'aioka') THEN
+        CREATE ROLE aioka LOGIN CREATEDB PASSWORD '$pw';
+      ELSE ALTER ROLE aioka LOGIN CREATEDB PASSWORD '$pw'; END IF; END\$\$;" >&2 ||
+      die "could not create the PostgreSQL role aioka"
+    echo "$url"
+    return
+  fi
+  die "cannot log in to PostgreSQL as postgres without a password; set AIOKA_DB_ADMIN_URL to a role that may create databases."
+}
+
+ensure_psql() {
+  have psql || apt_install postgresql-client || die "psql is needed (package postgresql-client)."
+}
