@@ -4,12 +4,21 @@
 //! types say what it reads and writes. Rows become `aioka_core` types at this boundary.
 #![forbid(unsafe_code)]
 
+mod deliveries;
 mod error;
+mod events;
 mod keys;
+mod listen;
 mod pool;
 mod webhooks;
 
+pub use deliveries::{
+    AttemptRecord, AttemptRow, DeliveryRecord, DeliveryStatus, DeliveryTarget, Disabled,
+    RecordKind, Resend, ResendError,
+};
 pub use error::StoreError;
+pub use events::{Claim, EventSource, NewEvent};
 pub use keys::{KeyRecord, NewKey};
+pub use listen::{WEBHOOK_CHANGED, listen_webhook_changes};
 pub use pool::{DatabaseSettings, Store};
-pub use webhooks::{NewWebhook, WebhookRecord, WebhookWriteError};
+pub use webhooks::{NewWebhook, WebhookPatch, WebhookRecord, WebhookWriteError};

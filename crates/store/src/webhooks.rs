@@ -200,3 +200,69 @@ impl Store {
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 }
+
+/// A change to a webhook: only the fields given change.
+#[derive(Debug, Default)]
+pub struct WebhookPatch<'a> {
+    pub url: Option<&'a str>,
+    pub events: Option<&'a [EventType]>,
+    pub is_active: Option<bool>,
+}
+
+/// Why a webhook shown as disabled by its owner says so.
+const DISABLED_BY_CUSTOMER: &str = "disabled by the customer";
+
+impl Store {
+    /// Applies `patch` to one of the owner's webhooks. Enabling resets the failure count and
+    /// clears the disable reason; disabling records that the customer did it.
+    #[tracing::instrument(skip_all, fields(key_id = %owner, webhook_id = %id))]
+    pub async fn update_webhook(
+        &self,
+        owner: ApiKeyId,
+        id: WebhookId,
+        patch: &WebhookPatch<'_>,
+    ) -> Result<Option<WebhookRecord>, StoreError> {
+        let client = self.pool.get().await?;
+        let events = patch.events.map(events_to_db);
+        let row = client
+            .query_opt(
+                &format!(
+                    "UPDATE webhooks SET
+                         url = COALESCE($3, url),
+                         events = COALESCE($4, events),
+                         is_active = COALESCE($5, is_active),
+                         consecutive_failures = CASE WHEN $5 THEN 0 ELSE consecutive_failures END,
+                         disabled_reason = CASE WHEN $5 THEN NULL
+                                                WHEN NOT $5 AND is_active THEN $6
+                                                ELSE disabled_reason END,
+                         disabled_at = CASE WHEN $5 THEN NULL
+                                            WHEN NOT $5 AND is_active THEN now()
+                                            ELSE disabled_at END,
+                         updated_at = now()
+                     WHERE id = $1 AND api_key_id = $2 AND deleted_at IS NULL
+                     RETURNING {COLUMNS}"
+                ),
+                &[
+                    &id.as_uuid(),
+                    &owner.as_uuid(),
+                    &patch.url,
+                    &events,
+                    &patch.is_active,
+                    &DISABLED_BY_CUSTOMER,
+                ],
+            )
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// The owner's active webhooks (for test events sent to all of them).
+    #[tracing::instrument(skip_all, fields(key_id = %owner))]
+    pub async fn active_webhooks(&self, owner: ApiKeyId) -> Result<Vec<WebhookRecord>, StoreError> {
+        Ok(self
+            .list_webhooks(owner)
+            .await?
+            .into_iter()
+            .filter(|w| w.is_active)
+            .collect())
+    }
+}

@@ -1,0 +1,608 @@
+//! Deliveries and their attempts: created pending by fan-out, updated in batches by the
+//! delivery service, listed for customers, re-sent on request.
+
+use std::collections::HashMap;
+
+use aioka_core::disable::{DisableRule, Outcome};
+use aioka_core::event::EventType;
+use aioka_core::{ApiKeyId, DeliveryId, EventId, WebhookId};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{Store, StoreError};
+
+/// A delivery's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryStatus {
+    /// Waiting for its first attempt or a retry.
+    Pending,
+    Succeeded,
+    /// Every attempt failed; kept, listable and re-sendable.
+    Failed,
+    /// Not sent: the webhook was disabled or deleted before its turn.
+    Skipped,
+}
+
+impl DeliveryStatus {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Succeeded => "succeeded",
+            DeliveryStatus::Failed => "failed",
+            DeliveryStatus::Skipped => "skipped",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, StoreError> {
+        Ok(match text {
+            "pending" => DeliveryStatus::Pending,
+            "succeeded" => DeliveryStatus::Succeeded,
+            "failed" => DeliveryStatus::Failed,
+            "skipped" => DeliveryStatus::Skipped,
+            other => return Err(StoreError::Corrupt(format!("delivery status {other}"))),
+        })
+    }
+}
+
+/// What one processed task produced, for the batch writer.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub delivery_id: DeliveryId,
+    pub event_id: EventId,
+    pub webhook_id: WebhookId,
+    /// The attempt number of the task (for a skip: the attempt that was not made).
+    pub attempt: u32,
+    pub at: DateTime<Utc>,
+    pub kind: RecordKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum RecordKind {
+    /// An HTTP attempt was made.
+    Attempt {
+        outcome: Outcome,
+        status_code: Option<u16>,
+        error_kind: Option<&'static str>,
+        latency_ms: u32,
+        snippet: Option<String>,
+        /// When the retry is due, if one was scheduled.
+        next_retry_at: Option<DateTime<Utc>>,
+    },
+    /// The task was dropped without sending.
+    Skipped { reason: &'static str },
+}
+
+impl AttemptRecord {
+    fn status(&self) -> DeliveryStatus {
+        match &self.kind {
+            RecordKind::Skipped { .. } => DeliveryStatus::Skipped,
+            RecordKind::Attempt {
+                outcome: Outcome::Success,
+                ..
+            } => DeliveryStatus::Succeeded,
+            RecordKind::Attempt {
+                next_retry_at: Some(_),
+                ..
+            } => DeliveryStatus::Pending,
+            RecordKind::Attempt { .. } => DeliveryStatus::Failed,
+        }
+    }
+
+    /// Attempts actually made once this record is applied.
+    fn attempts_made(&self) -> i32 {
+        let n = i32::try_from(self.attempt).unwrap_or(i32::MAX);
+        match self.kind {
+            RecordKind::Skipped { .. } => n - 1,
+            RecordKind::Attempt { .. } => n,
+        }
+    }
+}
+
+/// A webhook disabled by a batch, with the reason shown to its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disabled {
+    pub webhook_id: WebhookId,
+    pub reason: String,
+}
+
+/// One attempt as the delivery log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRow {
+    pub attempt: u32,
+    pub attempted_at: DateTime<Utc>,
+    pub status_code: Option<u16>,
+    pub error_kind: Option<String>,
+    pub latency_ms: u32,
+    pub response_snippet: Option<String>,
+    pub next_retry_at: Option<DateTime<Utc>>,
+}
+
+/// A delivery as the delivery log shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    pub id: DeliveryId,
+    pub seq: i64,
+    pub event_id: EventId,
+    pub event_type: EventType,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub skip_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub attempt_log: Vec<AttemptRow>,
+}
+
+/// What a re-send needs.
+#[derive(Debug, Clone)]
+pub struct Resend {
+    pub event_id: EventId,
+    pub event_type: EventType,
+    pub body: String,
+    /// The number the re-sent attempt gets.
+    pub attempt: u32,
+    /// The status before the claim, to restore if the task cannot be published.
+    pub previous: DeliveryStatus,
+}
+
+/// Why a re-send was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ResendError {
+    #[error("no such delivery for this webhook")]
+    NotFound,
+    #[error("only failed or skipped deliveries can be re-sent; this one is {0}")]
+    NotFailed(&'static str),
+    #[error("the webhook is disabled; enable it first")]
+    WebhookInactive,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<tokio_postgres::Error> for ResendError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ResendError {
+    fn from(e: deadpool_postgres::PoolError) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// What the delivery service needs to send to a webhook.
+#[derive(Debug, Clone)]
+pub struct DeliveryTarget {
+    pub id: WebhookId,
+    pub url: String,
+    pub secret_sealed: Vec<u8>,
+    pub is_active: bool,
+    pub deleted: bool,
+}
+
+fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+impl Store {
+    /// Creates a pending delivery for each webhook (idempotent: the ids are derived from the
+    /// event and the webhook, so a repeated fan-out step inserts nothing new).
+    #[tracing::instrument(skip_all, fields(event_id = %event, count = webhooks.len()))]
+    pub async fn insert_pending_deliveries(
+        &self,
+        event: EventId,
+        webhooks: &[WebhookId],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<Uuid> = webhooks
+            .iter()
+            .map(|w| DeliveryId::for_pair(event, *w).as_uuid())
+            .collect();
+        let hooks: Vec<Uuid> = webhooks.iter().map(|w| w.as_uuid()).collect();
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO deliveries (id, event_id, webhook_id, status)
+                 SELECT d, $1, w, 'pending' FROM unnest($2::uuid[], $3::uuid[]) AS t(d, w)
+                 ON CONFLICT (id) DO NOTHING",
+                &[&event.as_uuid(), &ids, &hooks],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a batch of attempt records in one transaction: delivery states, attempt rows,
+    /// and the failure counts of the webhooks concerned, applying the disable rule. Returns
+    /// the webhooks this batch disabled. Idempotent: a record seen twice changes nothing the
+    /// second time, and an older attempt never overwrites a newer one.
+    #[tracing::instrument(skip_all, fields(records = records.len()))]
+    pub async fn record_batch(
+        &self,
+        records: &[AttemptRecord],
+        rule: DisableRule,
+    ) -> Result<Vec<Disabled>, StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+
+        // One row per delivery: the record with the highest attempt wins.
+        let mut latest: HashMap<DeliveryId, &AttemptRecord> = HashMap::new();
+        for r in records {
+            let keep = latest.get(&r.delivery_id).is_none_or(|old| {
+                (r.attempt, matches!(r.kind, RecordKind::Attempt { .. }))
+                    >= (old.attempt, matches!(old.kind, RecordKind::Attempt { .. }))
+            });
+            if keep {
+                latest.insert(r.delivery_id, r);
+            }
+        }
+        let mut d_id = Vec::new();
+        let mut d_event = Vec::new();
+        let mut d_hook = Vec::new();
+        let mut d_status = Vec::new();
+        let mut d_attempts = Vec::new();
+        let mut d_last: Vec<Option<DateTime<Utc>>> = Vec::new();
+        let mut d_next: Vec<Option<DateTime<Utc>>> = Vec::new();
+        let mut d_skip: Vec<Option<&str>> = Vec::new();
+        for r in latest.values() {
+            d_id.push(r.delivery_id.as_uuid());
+            d_event.push(r.event_id.as_uuid());
+            d_hook.push(r.webhook_id.as_uuid());
+            d_status.push(r.status().as_str());
+            d_attempts.push(r.attempts_made());
+            match &r.kind {
+                RecordKind::Attempt { next_retry_at, .. } => {
+                    d_last.push(Some(r.at));
+                    d_next.push(*next_retry_at);
+                    d_skip.push(None);
+                }
+                RecordKind::Skipped { reason } => {
+                    d_last.push(None);
+                    d_next.push(None);
+                    d_skip.push(Some(reason));
+                }
+            }
+        }
+        tx.execute(
+            "INSERT INTO deliveries AS d (id, event_id, webhook_id, status, attempts,
+                                          last_attempt_at, next_attempt_at, skip_reason)
+             SELECT u.id, u.event_id, u.webhook_id, u.status, u.attempts, u.last_at, u.next_at, u.skip
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[],
+                         $6::timestamptz[], $7::timestamptz[], $8::text[])
+                  AS u(id, event_id, webhook_id, status, attempts, last_at, next_at, skip)
+             WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = u.event_id)
+               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
+             ON CONFLICT (id) DO UPDATE SET
+                 status = EXCLUDED.status,
+                 attempts = EXCLUDED.attempts,
+                 last_attempt_at = COALESCE(EXCLUDED.last_attempt_at, d.last_attempt_at),
+                 next_attempt_at = EXCLUDED.next_attempt_at,
+                 skip_reason = EXCLUDED.skip_reason,
+                 updated_at = now()
+             WHERE d.attempts <= EXCLUDED.attempts
+               AND NOT (d.status = 'succeeded' AND d.attempts = EXCLUDED.attempts)",
+            &[
+                &d_id, &d_event, &d_hook, &d_status, &d_attempts, &d_last, &d_next, &d_skip,
+            ],
+        )
+        .await?;
+
+        let mut a_delivery = Vec::new();
+        let mut a_attempt = Vec::new();
+        let mut a_at = Vec::new();
+        let mut a_code: Vec<Option<i32>> = Vec::new();
+        let mut a_error: Vec<Option<&str>> = Vec::new();
+        let mut a_latency = Vec::new();
+        let mut a_snippet: Vec<Option<&str>> = Vec::new();
+        let mut a_next: Vec<Option<DateTime<Utc>>> = Vec::new();
+        // Outcomes per webhook, in the order they happened.
+        let mut outcomes: HashMap<WebhookId, Vec<Outcome>> = HashMap::new();
+        let mut ordered: Vec<&AttemptRecord> = records.iter().collect();
+        ordered.sort_by_key(|r| r.at);
+        for r in ordered {
+            if let RecordKind::Attempt {
+                outcome,
+                status_code,
+                error_kind,
+                latency_ms,
+                snippet,
+                next_retry_at,
+            } = &r.kind
+            {
+                a_delivery.push(r.delivery_id.as_uuid());
+                a_attempt.push(to_i32(r.attempt));
+                a_at.push(r.at);
+                a_code.push(status_code.map(i32::from));
+                a_error.push(*error_kind);
+                a_latency.push(to_i32(*latency_ms));
+                a_snippet.push(snippet.as_deref());
+                a_next.push(*next_retry_at);
+                outcomes.entry(r.webhook_id).or_default().push(*outcome);
+            }
+        }
+        tx.execute(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, attempted_at, status_code,
+                                            error_kind, latency_ms, response_snippet, next_retry_at)
+             SELECT u.* FROM unnest($1::uuid[], $2::int4[], $3::timestamptz[], $4::int4[],
+                                    $5::text[], $6::int4[], $7::text[], $8::timestamptz[])
+                  AS u(delivery_id, attempt, attempted_at, status_code, error_kind, latency_ms,
+                       response_snippet, next_retry_at)
+             WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.delivery_id)
+             ON CONFLICT (delivery_id, attempt) DO NOTHING",
+            &[
+                &a_delivery,
+                &a_attempt,
+                &a_at,
+                &a_code,
+                &a_error,
+                &a_latency,
+                &a_snippet,
+                &a_next,
+            ],
+        )
+        .await?;
+
+        // Webhooks that only succeeded: reset a non-zero count without locking anything.
+        let (clean, mixed): (Vec<_>, Vec<_>) = outcomes
+            .into_iter()
+            .partition(|(_, o)| o.iter().all(|x| *x == Outcome::Success));
+        let clean_ids: Vec<Uuid> = clean.iter().map(|(w, _)| w.as_uuid()).collect();
+        if !clean_ids.is_empty() {
+            tx.execute(
+                "UPDATE webhooks SET consecutive_failures = 0
+                 WHERE id = ANY($1) AND consecutive_failures <> 0",
+                &[&clean_ids],
+            )
+            .await?;
+        }
+
+        // Webhooks with a failure: lock in id order (no deadlock between pods), apply the rule.
+        let mut disabled = Vec::new();
+        if !mixed.is_empty() {
+            let mixed: HashMap<WebhookId, Vec<Outcome>> = mixed.into_iter().collect();
+            let ids: Vec<Uuid> = mixed.keys().map(|w| w.as_uuid()).collect();
+            let rows = tx
+                .query(
+                    "SELECT id, consecutive_failures, is_active FROM webhooks
+                     WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                    &[&ids],
+                )
+                .await?;
+            let mut u_id = Vec::new();
+            let mut u_count = Vec::new();
+            let mut u_disable = Vec::new();
+            let mut u_reason: Vec<Option<String>> = Vec::new();
+            for row in rows {
+                let id = WebhookId::from_uuid(row.try_get(0)?);
+                let count: i32 = row.try_get(1)?;
+                let active: bool = row.try_get(2)?;
+                let state = rule.apply(
+                    u32::try_from(count).unwrap_or(0),
+                    mixed.get(&id).map(Vec::as_slice).unwrap_or_default(),
+                );
+                let disable = active && state.disable.is_some();
+                let reason = state.disable.as_ref().map(|r| r.describe());
+                if disable {
+                    disabled.push(Disabled {
+                        webhook_id: id,
+                        reason: reason.clone().unwrap_or_default(),
+                    });
+                }
+                u_id.push(id.as_uuid());
+                u_count.push(to_i32(state.consecutive_failures));
+                u_disable.push(disable);
+                u_reason.push(reason);
+            }
+            tx.execute(
+                "UPDATE webhooks AS w SET
+                     consecutive_failures = u.count,
+                     is_active = w.is_active AND NOT u.disable,
+                     disabled_reason = CASE WHEN u.disable THEN u.reason ELSE w.disabled_reason END,
+                     disabled_at = CASE WHEN u.disable THEN now() ELSE w.disabled_at END,
+                     updated_at = CASE WHEN u.disable THEN now() ELSE w.updated_at END
+                 FROM unnest($1::uuid[], $2::int4[], $3::bool[], $4::text[])
+                      AS u(id, count, disable, reason)
+                 WHERE w.id = u.id",
+                &[&u_id, &u_count, &u_disable, &u_reason],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(disabled)
+    }
+
+    /// The send targets of `ids` (found ones only; deleted ones are returned as deleted).
+    #[tracing::instrument(skip_all, fields(count = ids.len()))]
+    pub async fn delivery_targets(
+        &self,
+        ids: &[WebhookId],
+    ) -> Result<Vec<DeliveryTarget>, StoreError> {
+        let uuids: Vec<Uuid> = ids.iter().map(|w| w.as_uuid()).collect();
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT id, url, secret_sealed, is_active, deleted_at IS NOT NULL
+                 FROM webhooks WHERE id = ANY($1)",
+                &[&uuids],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DeliveryTarget {
+                    id: WebhookId::from_uuid(r.try_get(0)?),
+                    url: r.try_get(1)?,
+                    secret_sealed: r.try_get(2)?,
+                    is_active: r.try_get(3)?,
+                    deleted: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// A page of a webhook's deliveries, newest first, each with every attempt; `None` if the
+    /// webhook is not the owner's. `before` is the `seq` cursor of the previous page.
+    #[tracing::instrument(skip_all, fields(key_id = %owner, webhook_id = %webhook))]
+    pub async fn list_deliveries(
+        &self,
+        owner: ApiKeyId,
+        webhook: WebhookId,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Option<Vec<DeliveryRecord>>, StoreError> {
+        let client = self.pool.get().await?;
+        let owned = client
+            .query_opt(
+                "SELECT 1 FROM webhooks WHERE id = $1 AND api_key_id = $2 AND deleted_at IS NULL",
+                &[&webhook.as_uuid(), &owner.as_uuid()],
+            )
+            .await?;
+        if owned.is_none() {
+            return Ok(None);
+        }
+        let rows = client
+            .query(
+                "SELECT d.id, d.seq, d.event_id, e.event_type, d.status, d.attempts,
+                        d.next_attempt_at, d.skip_reason, d.created_at, d.updated_at
+                 FROM deliveries d JOIN events e ON e.id = d.event_id
+                 WHERE d.webhook_id = $1 AND ($2::int8 IS NULL OR d.seq < $2)
+                 ORDER BY d.seq DESC LIMIT $3",
+                &[&webhook.as_uuid(), &before, &limit],
+            )
+            .await?;
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let event_type: String = r.try_get(3)?;
+            let status: String = r.try_get(4)?;
+            let attempts: i32 = r.try_get(5)?;
+            deliveries.push(DeliveryRecord {
+                id: DeliveryId::from_uuid(r.try_get(0)?),
+                seq: r.try_get(1)?,
+                event_id: EventId::from_uuid(r.try_get(2)?),
+                event_type: event_type
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("event type {event_type}")))?,
+                status: DeliveryStatus::parse(&status)?,
+                attempts: u32::try_from(attempts).unwrap_or(0),
+                next_attempt_at: r.try_get(6)?,
+                skip_reason: r.try_get(7)?,
+                created_at: r.try_get(8)?,
+                updated_at: r.try_get(9)?,
+                attempt_log: Vec::new(),
+            });
+        }
+        let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id.as_uuid()).collect();
+        let attempt_rows = client
+            .query(
+                "SELECT delivery_id, attempt, attempted_at, status_code, error_kind, latency_ms,
+                        response_snippet, next_retry_at
+                 FROM delivery_attempts WHERE delivery_id = ANY($1) ORDER BY delivery_id, attempt",
+                &[&ids],
+            )
+            .await?;
+        let mut by_delivery: HashMap<Uuid, Vec<AttemptRow>> = HashMap::new();
+        for r in &attempt_rows {
+            let attempt: i32 = r.try_get(1)?;
+            let code: Option<i32> = r.try_get(3)?;
+            let latency: i32 = r.try_get(5)?;
+            by_delivery
+                .entry(r.try_get(0)?)
+                .or_default()
+                .push(AttemptRow {
+                    attempt: u32::try_from(attempt).unwrap_or(0),
+                    attempted_at: r.try_get(2)?,
+                    status_code: code.and_then(|c| u16::try_from(c).ok()),
+                    error_kind: r.try_get(4)?,
+                    latency_ms: u32::try_from(latency).unwrap_or(0),
+                    response_snippet: r.try_get(6)?,
+                    next_retry_at: r.try_get(7)?,
+                });
+        }
+        for d in &mut deliveries {
+            d.attempt_log = by_delivery.remove(&d.id.as_uuid()).unwrap_or_default();
+        }
+        Ok(Some(deliveries))
+    }
+
+    /// Claims a failed or skipped delivery of the owner's active webhook for a re-send: it
+    /// becomes pending again and the caller publishes its task.
+    #[tracing::instrument(skip_all, fields(webhook_id = %webhook, delivery_id = %delivery))]
+    pub async fn claim_resend(
+        &self,
+        owner: ApiKeyId,
+        webhook: WebhookId,
+        delivery: DeliveryId,
+    ) -> Result<Resend, ResendError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT d.status, d.attempts, d.event_id, e.event_type, e.body, w.is_active
+                 FROM deliveries d
+                 JOIN webhooks w ON w.id = d.webhook_id
+                 JOIN events e ON e.id = d.event_id
+                 WHERE d.id = $1 AND d.webhook_id = $2 AND w.api_key_id = $3 AND w.deleted_at IS NULL
+                 FOR UPDATE OF d",
+                &[&delivery.as_uuid(), &webhook.as_uuid(), &owner.as_uuid()],
+            )
+            .await?
+            .ok_or(ResendError::NotFound)?;
+        let status = DeliveryStatus::parse(row.try_get(0)?)?;
+        if !matches!(status, DeliveryStatus::Failed | DeliveryStatus::Skipped) {
+            return Err(ResendError::NotFailed(status.as_str()));
+        }
+        if !row.try_get::<_, bool>(5)? {
+            return Err(ResendError::WebhookInactive);
+        }
+        let attempts: i32 = row.try_get(1)?;
+        let event_type: String = row.try_get(3)?;
+        tx.execute(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), skip_reason = NULL,
+                                   updated_at = now()
+             WHERE id = $1",
+            &[&delivery.as_uuid()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Resend {
+            event_id: EventId::from_uuid(row.try_get(2)?),
+            event_type: event_type
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("event type {event_type}")))?,
+            body: row.try_get(4)?,
+            attempt: u32::try_from(attempts).unwrap_or(0) + 1,
+            previous: status,
+        })
+    }
+
+    /// Undoes [`Store::claim_resend`] when the task could not be published.
+    pub async fn unclaim_resend(
+        &self,
+        delivery: DeliveryId,
+        previous: DeliveryStatus,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE deliveries SET status = $2, next_attempt_at = NULL WHERE id = $1 AND status = 'pending'",
+                &[&delivery.as_uuid(), &previous.as_str()],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// The status of one delivery, whoever owns it (operators and tests).
+    pub async fn delivery_status(
+        &self,
+        id: DeliveryId,
+    ) -> Result<Option<DeliveryStatus>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT status FROM deliveries WHERE id = $1",
+                &[&id.as_uuid()],
+            )
+            .await?;
+        row.map(|r| DeliveryStatus::parse(r.try_get(0)?))
+            .transpose()
+    }
+}

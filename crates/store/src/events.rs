@@ -1,0 +1,233 @@
+//! Events and their fan-out progress.
+//!
+//! Fan-out is resumable and claimed: a worker claims an event with a lease, walks the
+//! subscribed webhooks in id order in chunks, and records after each confirmed chunk how far
+//! it got. A worker that dies leaves the lease to lapse and the cursor where the last
+//! confirmed chunk ended; the redelivered message resumes there. A second copy of the same
+//! event (a producer sending twice) finds it claimed or done and is acknowledged as a
+//! duplicate: an event's tasks are published once.
+
+use std::time::Duration;
+
+use aioka_core::event::EventType;
+use aioka_core::{EventId, WebhookId};
+use chrono::{DateTime, Utc};
+
+use crate::{Store, StoreError};
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSource {
+    Http,
+    Amqp,
+    Test,
+}
+
+impl EventSource {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EventSource::Http => "http",
+            EventSource::Amqp => "amqp",
+            EventSource::Test => "test",
+        }
+    }
+}
+
+/// An event to store.
+#[derive(Debug, Clone, Copy)]
+pub struct NewEvent<'a> {
+    pub id: EventId,
+    pub event_type: EventType,
+    pub occurred_at: DateTime<Utc>,
+    pub body: &'a str,
+    pub source: EventSource,
+}
+
+/// The result of trying to claim an event's fan-out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// This worker fans out, starting after `cursor`.
+    Claimed { cursor: Option<WebhookId> },
+    /// The event was fanned out already.
+    Done,
+    /// Another worker holds a live lease on it.
+    HeldByOther,
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+impl Store {
+    /// Stores the event if it is new and claims its fan-out for `lease`.
+    #[tracing::instrument(skip_all, fields(event_id = %event.id))]
+    pub async fn claim_fanout(
+        &self,
+        event: &NewEvent<'_>,
+        lease: Duration,
+    ) -> Result<Claim, StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO events (id, event_type, occurred_at, body, source)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &event.id.as_uuid(),
+                    &event.event_type.as_str(),
+                    &event.occurred_at,
+                    &event.body,
+                    &event.source.as_str(),
+                ],
+            )
+            .await?;
+        let claimed = client
+            .query_opt(
+                "UPDATE events SET fanout_lease_until = now() + $2::float8 * interval '1 second'
+                 WHERE id = $1 AND fanned_out_at IS NULL
+                   AND (fanout_lease_until IS NULL OR fanout_lease_until < now())
+                 RETURNING fanout_cursor",
+                &[&event.id.as_uuid(), &seconds(lease)],
+            )
+            .await?;
+        if let Some(row) = claimed {
+            let cursor: Option<uuid::Uuid> = row.try_get(0)?;
+            return Ok(Claim::Claimed {
+                cursor: cursor.map(WebhookId::from_uuid),
+            });
+        }
+        let done: bool = client
+            .query_one(
+                "SELECT fanned_out_at IS NOT NULL FROM events WHERE id = $1",
+                &[&event.id.as_uuid()],
+            )
+            .await?
+            .try_get(0)?;
+        Ok(if done {
+            Claim::Done
+        } else {
+            Claim::HeldByOther
+        })
+    }
+
+    /// Up to `limit` active webhooks subscribed to `event_type` after `after`, in id order, of
+    /// keys that are neither revoked nor on the Free tier.
+    #[tracing::instrument(skip_all, fields(event_type = %event_type))]
+    pub async fn subscribers_page(
+        &self,
+        event_type: EventType,
+        after: Option<WebhookId>,
+        limit: i64,
+    ) -> Result<Vec<WebhookId>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "SELECT w.id FROM webhooks w JOIN api_keys k ON k.id = w.api_key_id
+                 WHERE w.is_active AND w.deleted_at IS NULL AND w.events @> ARRAY[$1::text]
+                   AND k.revoked_at IS NULL AND k.tier <> 'free'
+                   AND ($2::uuid IS NULL OR w.id > $2)
+                 ORDER BY w.id LIMIT $3",
+                &[&event_type.as_str(), &after.map(|w| w.as_uuid()), &limit],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok(WebhookId::from_uuid(r.try_get(0)?)))
+            .collect()
+    }
+
+    /// Records that tasks for webhooks up to `cursor` are confirmed, and renews the lease.
+    #[tracing::instrument(skip_all, fields(event_id = %event))]
+    pub async fn advance_fanout(
+        &self,
+        event: EventId,
+        cursor: WebhookId,
+        added: i64,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE events SET fanout_cursor = $2, fanout_tasks = fanout_tasks + $3,
+                        fanout_lease_until = now() + $4::float8 * interval '1 second'
+                 WHERE id = $1",
+                &[&event.as_uuid(), &cursor.as_uuid(), &added, &seconds(lease)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the fan-out complete.
+    #[tracing::instrument(skip_all, fields(event_id = %event))]
+    pub async fn finish_fanout(&self, event: EventId) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE events SET fanned_out_at = now(), fanout_lease_until = NULL WHERE id = $1",
+                &[&event.as_uuid()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Gives up a claim early (the worker failed), so a redelivery can resume at once.
+    #[tracing::instrument(skip_all, fields(event_id = %event))]
+    pub async fn release_fanout(&self, event: EventId) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "UPDATE events SET fanout_lease_until = NULL WHERE id = $1 AND fanned_out_at IS NULL",
+                &[&event.as_uuid()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Stores an event that needs no fan-out (a test event addressed to chosen webhooks).
+    #[tracing::instrument(skip_all, fields(event_id = %event.id))]
+    pub async fn insert_direct_event(&self, event: &NewEvent<'_>) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO events (id, event_type, occurred_at, body, source, fanned_out_at)
+                 VALUES ($1, $2, $3, $4, $5, now())",
+                &[
+                    &event.id.as_uuid(),
+                    &event.event_type.as_str(),
+                    &event.occurred_at,
+                    &event.body,
+                    &event.source.as_str(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// How many tasks the fan-out of `event` published, and whether it is complete.
+    pub async fn fanout_progress(&self, event: EventId) -> Result<Option<(i64, bool)>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT fanout_tasks, fanned_out_at IS NOT NULL FROM events WHERE id = $1",
+                &[&event.as_uuid()],
+            )
+            .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+}
+
+impl Store {
+    /// Removes an event that never reached the broker, with its pending deliveries.
+    #[tracing::instrument(skip_all, fields(event_id = %event))]
+    pub async fn discard_event(&self, event: EventId) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM deliveries WHERE event_id = $1",
+            &[&event.as_uuid()],
+        )
+        .await?;
+        tx.execute("DELETE FROM events WHERE id = $1", &[&event.as_uuid()])
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
