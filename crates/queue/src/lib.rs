@@ -6,11 +6,15 @@
 //! unroutable message is an error, never a silent success.
 #![forbid(unsafe_code)]
 
+mod consumer;
 mod publisher;
+mod shared;
 mod topology;
 mod trace;
 
+pub use consumer::{ack, consume, park, requeue};
 pub use lapin;
 pub use publisher::{Pending, Publisher, QueueError, connect, header_str, persistent_json};
+pub use shared::SharedPublisher;
 pub use topology::{AmqpSettings, DELIVERY_KEY, PARK_REASON_HEADER, PARK_SOURCE_HEADER, Topology};
 pub use trace::{extract_trace_context, inject_trace_context};

@@ -259,3 +259,80 @@ mod tests {
         );
     }
 }
+
+/// `proto/amqp.md` and the code agree: the table names exactly the exchanges and queues this
+/// module declares, and the documented messages parse as the code parses them.
+#[cfg(test)]
+mod contract {
+    use std::collections::BTreeSet;
+
+    use aioka_core::event::{DirectPublish, parse_direct};
+    use aioka_core::messages::Task;
+    use aioka_core::retry::RetrySchedule;
+
+    use super::Topology;
+
+    const DOC: &str = include_str!("../../../proto/amqp.md");
+
+    fn table_names() -> BTreeSet<(String, bool)> {
+        DOC.lines()
+            .skip_while(|l| !l.starts_with("| name | kind |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+                let name = cells[1].trim_matches('`').to_owned();
+                (name, cells[2].ends_with("exchange"))
+            })
+            .collect()
+    }
+
+    fn block(tag: &str) -> &'static str {
+        let start = DOC
+            .find(&format!("```json {tag}\n"))
+            .unwrap_or_else(|| panic!("a ```json {tag} block"));
+        let rest = &DOC[start..];
+        let body = &rest[rest.find('\n').unwrap_or(0) + 1..];
+        &body[..body.find("```").unwrap_or(body.len())]
+    }
+
+    #[test]
+    fn the_documented_topology_is_the_declared_one() {
+        let schedule: RetrySchedule = "5s".parse().unwrap();
+        let t = Topology::new("aioka", schedule.tiers(), 20);
+        let mut code: BTreeSet<(String, bool)> =
+            t.exchanges().into_iter().map(|e| (e, true)).collect();
+        code.extend(
+            t.queues()
+                .into_iter()
+                .map(|q| (q.replace("aioka.retry.5s", "aioka.retry.<tier>"), false)),
+        );
+        assert_eq!(table_names(), code);
+    }
+
+    #[test]
+    fn the_documented_task_and_envelope_parse() {
+        let Task::V1(task) =
+            Task::from_bytes(block("task").as_bytes()).expect("the documented task parses");
+        assert_eq!(task.attempt, 1);
+        assert_eq!(
+            task.delivery_id,
+            aioka_core::DeliveryId::for_pair(task.event_id, task.webhook_id),
+            "the documented delivery id is the one derived from its event and webhook"
+        );
+        let envelope = parse_direct(DirectPublish {
+            body: task.body.as_bytes(),
+            routing_key: task.event_type.as_str(),
+            message_id: None,
+        })
+        .expect("the task's body is a valid envelope");
+        assert_eq!(envelope.envelope.event, task.event_type);
+        let direct = block("envelope");
+        parse_direct(DirectPublish {
+            body: direct.as_bytes(),
+            routing_key: "verdict.new",
+            message_id: Some("verdict-2026-04-20T14:32"),
+        })
+        .expect("the documented direct publish is valid");
+    }
+}
