@@ -1,0 +1,59 @@
+//! The fanout service: consumes `aioka.fanout` (every event, from the gateway or published
+//! directly by a producer), stores each event once, and publishes one delivery task per
+//! active subscribed webhook, streaming the subscribers from PostgreSQL in chunks so an event
+//! with 100 000 subscribers never sits in memory whole.
+//!
+//! **Invariant:** an event is acknowledged only after every task it produced is confirmed by
+//! the broker (or it was found to be a duplicate, or it was parked).
+#![forbid(unsafe_code)]
+
+pub mod settings;
+mod worker;
+
+use aioka_queue::Topology;
+use aioka_runtime::Health;
+use aioka_store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use settings::Settings;
+
+/// Runs until `shutdown`: health endpoints on `health_listener`, the consumer on the broker.
+pub async fn run(
+    settings: Settings,
+    health_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    settings.validate()?;
+    let store = Store::connect(&settings.database)?;
+    let health = Health::new(&["database", "amqp"]);
+    let topology = Topology::new(
+        &settings.amqp.prefix,
+        settings.retry_schedule()?.tiers(),
+        settings.amqp.delivery_limit,
+    );
+    let server = axum::serve(health_listener, health.router())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+    let probe = store.clone();
+    health.watch(
+        "database",
+        move || {
+            let store = probe.clone();
+            async move { store.ping().await.is_ok() }
+        },
+        shutdown.clone(),
+    );
+
+    let worker = worker::Worker {
+        store,
+        topology,
+        settings: settings.clone(),
+        health: health.clone(),
+    };
+    worker.run(shutdown.clone()).await;
+    shutdown.cancel();
+    server.await??;
+    tracing::info!("fanout stopped");
+    Ok(())
+}

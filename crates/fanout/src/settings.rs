@@ -1,0 +1,77 @@
+//! The fanout's settings: `[database]`, `[amqp]`, `[fanout]`, `[telemetry]`, and the retry
+//! schedule of `[delivery]` (to declare the same topology as the other services).
+
+use std::net::SocketAddr;
+
+use aioka_core::retry::RetrySchedule;
+use aioka_queue::AmqpSettings;
+use aioka_runtime::{SettingsError, TelemetrySettings};
+use aioka_store::DatabaseSettings;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub fanout: FanoutSettings,
+    pub telemetry: TelemetrySettings,
+    pub delivery: ScheduleOnly,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FanoutSettings {
+    pub health_listen: String,
+    pub prefetch: u16,
+    pub chunk_size: u32,
+}
+
+/// The part of `[delivery]` the fanout needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ScheduleOnly {
+    pub retry_schedule: String,
+}
+
+impl Settings {
+    pub fn load() -> Result<Self, SettingsError> {
+        let settings: Self = aioka_runtime::load()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        self.health_addr()?;
+        self.retry_schedule()?;
+        if self.fanout.chunk_size == 0 || self.fanout.chunk_size > 10_000 {
+            return Err(SettingsError::invalid(
+                "fanout",
+                "chunk_size",
+                "must be 1 to 10000",
+            ));
+        }
+        if self.fanout.prefetch == 0 {
+            return Err(SettingsError::invalid(
+                "fanout",
+                "prefetch",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn health_addr(&self) -> Result<SocketAddr, SettingsError> {
+        self.fanout
+            .health_listen
+            .parse()
+            .map_err(|e| SettingsError::invalid("fanout", "health_listen", format!("{e}")))
+    }
+
+    pub fn retry_schedule(&self) -> Result<RetrySchedule, SettingsError> {
+        self.delivery
+            .retry_schedule
+            .parse()
+            .map_err(|e: aioka_core::retry::ScheduleError| {
+                SettingsError::invalid("delivery", "retry_schedule", e.to_string())
+            })
+    }
+}

@@ -1,0 +1,266 @@
+//! The consumer loop and the fan-out of one event.
+
+use std::time::Duration;
+
+use aioka_core::event::{DirectPublish, ValidEvent, parse_direct};
+use aioka_core::messages::{DeliveryTask, Task};
+use aioka_core::{DeliveryId, WebhookId};
+use aioka_queue::lapin::message::Delivery;
+use aioka_queue::{
+    DELIVERY_KEY, Publisher, QueueError, Topology, extract_trace_context, header_str,
+    inject_trace_context, persistent_json,
+};
+use aioka_runtime::Health;
+use aioka_store::{Claim, EventSource, NewEvent, Store, StoreError};
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::Settings;
+
+/// How long a claim on an event's fan-out lasts without progress.
+const LEASE: Duration = Duration::from_secs(60);
+/// The header the gateway sets on the events it publishes (direct publishes lack it).
+pub const SOURCE_HEADER: &str = "x-aioka-source";
+
+pub(crate) struct Worker {
+    pub store: Store,
+    pub topology: Topology,
+    pub settings: Settings,
+    pub health: Health,
+}
+
+/// Why a broker session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("the consumer was cancelled or its channel closed")]
+    Ended,
+}
+
+/// A failure worth trying again: the database or the broker.
+#[derive(Debug, thiserror::Error)]
+enum Transient {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl Worker {
+    /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.health.set("amqp", false);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+        let connection = aioka_queue::connect(&self.settings.amqp.url, "aioka-fanout").await?;
+        let publisher = Publisher::new(&connection).await?;
+        self.topology.declare(publisher.channel()).await?;
+        let (channel, consumer) = aioka_queue::consume(
+            &connection,
+            &self.topology.fanout_queue(),
+            "aioka-fanout",
+            self.settings.fanout.prefetch,
+        )
+        .await?;
+        self.health.set("amqp", true);
+        tracing::info!(queue = %self.topology.fanout_queue(), "consuming events");
+        consumer
+            .take_until(shutdown.cancelled())
+            .for_each_concurrent(usize::from(self.settings.fanout.prefetch), |message| {
+                let publisher = &publisher;
+                async move {
+                    match message {
+                        Ok(delivery) => self.process(publisher, delivery, shutdown).await,
+                        Err(e) => tracing::warn!(error = %e, "consumer error"),
+                    }
+                }
+            })
+            .await;
+        let _ = channel.close(200, "shutdown".into()).await;
+        let _ = connection.close(200, "shutdown".into()).await;
+        if shutdown.is_cancelled() {
+            Ok(())
+        } else {
+            Err(SessionError::Ended)
+        }
+    }
+
+    /// Handles one message to the end: fanned out, recognised as a duplicate, or parked.
+    /// Database and broker failures are retried here, holding the message, so a long outage
+    /// does not burn through the queue's delivery limit; on shutdown the message is requeued.
+    async fn process(
+        &self,
+        publisher: &Publisher,
+        delivery: Delivery,
+        shutdown: &CancellationToken,
+    ) {
+        let span = tracing::info_span!(
+            "fanout",
+            event_id = tracing::field::Empty,
+            tasks = tracing::field::Empty
+        );
+        extract_trace_context(delivery.properties.headers().as_ref(), &span);
+        async {
+            let event = match parse_direct(DirectPublish {
+                body: &delivery.data,
+                routing_key: delivery.routing_key.as_str(),
+                message_id: delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.as_str()),
+            }) {
+                Ok(event) => event,
+                Err(problem) => {
+                    let reason = format!("breaks the event contract: {problem}");
+                    if let Err(e) =
+                        aioka_queue::park(publisher, &self.topology, &delivery, "fanout", &reason)
+                            .await
+                    {
+                        tracing::warn!(error = %e, "could not park; requeueing");
+                        aioka_queue::requeue(&delivery).await;
+                    }
+                    return;
+                }
+            };
+            tracing::Span::current().record("event_id", tracing::field::display(event.id));
+            let source = match header_str(delivery.properties.headers().as_ref(), SOURCE_HEADER)
+                .as_deref()
+            {
+                Some("http") => EventSource::Http,
+                _ => EventSource::Amqp,
+            };
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match self.fan_out(publisher, &event, source).await {
+                    Ok(tasks) => {
+                        tracing::Span::current().record("tasks", tasks);
+                        aioka_queue::ack(&delivery).await;
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "fan-out failed; retrying");
+                        let _ = self.store.release_fanout(event.id).await;
+                        if let Transient::Queue(QueueError::Amqp(_)) = e {
+                            // The channel is gone; the message comes back on a new session.
+                            return;
+                        }
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {
+                                aioka_queue::requeue(&delivery).await;
+                                return;
+                            }
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Stores the event and publishes its tasks; returns how many this call published.
+    async fn fan_out(
+        &self,
+        publisher: &Publisher,
+        event: &ValidEvent,
+        source: EventSource,
+    ) -> Result<u64, Transient> {
+        let body = String::from_utf8_lossy(&event.envelope.to_body()).into_owned();
+        let new = NewEvent {
+            id: event.id,
+            event_type: event.envelope.event,
+            occurred_at: event.occurred_at,
+            body: &body,
+            source,
+        };
+        let mut cursor = match self.store.claim_fanout(&new, LEASE).await? {
+            Claim::Claimed { cursor } => cursor,
+            Claim::Done => {
+                tracing::info!("duplicate event: already fanned out");
+                metrics::counter!("aioka_fanout_duplicates_total").increment(1);
+                return Ok(0);
+            }
+            Claim::HeldByOther => {
+                // Another worker holds this event; its copy of the message carries it.
+                tracing::info!("duplicate event: being fanned out by another worker");
+                metrics::counter!("aioka_fanout_duplicates_total").increment(1);
+                return Ok(0);
+            }
+        };
+        let chunk = i64::from(self.settings.fanout.chunk_size);
+        let mut published = 0u64;
+        loop {
+            let page = self
+                .store
+                .subscribers_page(event.envelope.event, cursor, chunk)
+                .await?;
+            let Some(&last) = page.last() else { break };
+            self.store
+                .insert_pending_deliveries(event.id, &page)
+                .await?;
+            self.publish_tasks(publisher, event, &body, &page).await?;
+            self.store
+                .advance_fanout(event.id, last, page.len() as i64, LEASE)
+                .await?;
+            published += page.len() as u64;
+            metrics::counter!("aioka_fanout_tasks_total").increment(page.len() as u64);
+            cursor = Some(last);
+        }
+        self.store.finish_fanout(event.id).await?;
+        metrics::counter!("aioka_fanout_events_total", "event" => event.envelope.event.as_str())
+            .increment(1);
+        tracing::info!(tasks = published, "event fanned out");
+        Ok(published)
+    }
+
+    async fn publish_tasks(
+        &self,
+        publisher: &Publisher,
+        event: &ValidEvent,
+        body: &str,
+        webhooks: &[WebhookId],
+    ) -> Result<(), QueueError> {
+        let headers = inject_trace_context();
+        let exchange = self.topology.deliveries_exchange();
+        let mut pending = Vec::with_capacity(webhooks.len());
+        for webhook in webhooks {
+            let delivery_id = DeliveryId::for_pair(event.id, *webhook);
+            let task = Task::V1(DeliveryTask {
+                delivery_id,
+                event_id: event.id,
+                webhook_id: *webhook,
+                event_type: event.envelope.event,
+                body: body.to_owned(),
+                attempt: 1,
+                series_start: 1,
+            });
+            let props = persistent_json(Some(&delivery_id.to_string()), headers.clone());
+            pending.push(
+                publisher
+                    .start(&exchange, DELIVERY_KEY, &task.to_bytes(), props)
+                    .await?,
+            );
+        }
+        Publisher::confirm_all(pending).await
+    }
+}
