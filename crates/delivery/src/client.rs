@@ -1,0 +1,319 @@
+//! The outbound HTTP client: one per process, connections pooled per host, TLS by rustls
+//! (system roots plus `delivery.extra_root_certs`), no redirects followed, connect and total
+//! timeouts, the response read capped, and the SSRF address policy applied inside the DNS
+//! resolver at connect time (and to literal addresses before connecting), as Svix does.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aioka_core::disable::Outcome;
+use aioka_core::messages::DeliveryTask;
+use aioka_core::signing::{aioka_signature, standard_webhooks_signature};
+use aioka_core::url_policy::blocked_reason;
+use aioka_core::{USER_AGENT, WebhookSecret};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::settings::DeliverySettings;
+
+/// The outcome of one HTTP attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub outcome: Outcome,
+    pub status_code: Option<u16>,
+    /// For failures: timeout, connect, tls, dns, blocked_address, http_status, request.
+    pub error_kind: Option<&'static str>,
+    pub latency: Duration,
+    pub snippet: Option<String>,
+}
+
+/// Why a name was not resolved to a usable address.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error("{0} resolves only to addresses webhooks may not target")]
+    Blocked(String),
+    #[error("{0} does not resolve: {1}")]
+    Lookup(String, std::io::Error),
+}
+
+/// Resolves with the system resolver and drops addresses the URL policy blocks.
+#[derive(Debug)]
+struct PolicyResolver {
+    allow_private: bool,
+}
+
+impl Resolve for PolicyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| ResolveError::Lookup(host.clone(), e))?
+                .filter(|a| allow_private || blocked_reason(a.ip()).is_none())
+                .collect();
+            if addrs.is_empty() {
+                return Err(Box::new(ResolveError::Blocked(host)) as _);
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// A client could not be built from the settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("delivery.extra_root_certs: {0}")]
+    Roots(String),
+    #[error("HTTP client: {0}")]
+    Build(String),
+}
+
+/// Sends signed deliveries.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    client: reqwest::Client,
+    allow_private: bool,
+    snippet_bytes: usize,
+    max_response_bytes: usize,
+}
+
+fn tls_config(extra_roots: &str) -> Result<rustls::ClientConfig, ClientError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        // A malformed system certificate is skipped, as every TLS client does.
+        let _ = roots.add(cert);
+    }
+    if !extra_roots.is_empty() {
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(extra_roots)
+            .map_err(|e| ClientError::Roots(e.to_string()))?
+        {
+            let cert = cert.map_err(|e| ClientError::Roots(e.to_string()))?;
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Roots(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(ClientError::Roots(format!(
+                "no certificate in {extra_roots}"
+            )));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Build(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+impl Sender {
+    pub fn new(settings: &DeliverySettings, allow_private: bool) -> Result<Self, ClientError> {
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(&settings.extra_root_certs)?)
+            .dns_resolver(Arc::new(PolicyResolver { allow_private }))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(USER_AGENT)
+            .no_proxy()
+            .build()
+            .map_err(|e| ClientError::Build(e.to_string()))?;
+        Ok(Self {
+            client,
+            allow_private,
+            snippet_bytes: settings.response_snippet_bytes,
+            max_response_bytes: settings.max_response_bytes,
+        })
+    }
+
+    /// The headers of one attempt: both signatures, ids, and the attempt number.
+    pub fn headers(task: &DeliveryTask, secret: &WebhookSecret, timestamp: i64) -> HeaderMap {
+        let body = task.body.as_bytes();
+        let delivery = task.delivery_id.to_string();
+        let mut headers = HeaderMap::new();
+        let mut put = |name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        };
+        put("x-aioka-signature", aioka_signature(secret, body));
+        put("x-aioka-event", task.event_type.as_str().to_owned());
+        put("x-aioka-delivery", delivery.clone());
+        put("x-aioka-attempt", task.attempt.to_string());
+        put("webhook-id", delivery.clone());
+        put("webhook-timestamp", timestamp.to_string());
+        put(
+            "webhook-signature",
+            standard_webhooks_signature(secret, &delivery, timestamp, body),
+        );
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers
+    }
+
+    /// Makes one attempt. Never fails: every problem is an outcome with its kind.
+    pub async fn send(
+        &self,
+        url: &str,
+        task: &DeliveryTask,
+        secret: &WebhookSecret,
+    ) -> AttemptResult {
+        let started = Instant::now();
+        let failed = |kind: &'static str, status: Option<u16>| AttemptResult {
+            outcome: Outcome::Failure,
+            status_code: status,
+            error_kind: Some(kind),
+            latency: started.elapsed(),
+            snippet: None,
+        };
+        // reqwest skips the resolver for literal addresses: judge them here.
+        if !self.allow_private
+            && let Ok(parsed) = url::Url::parse(url)
+        {
+            let literal: Option<IpAddr> = match parsed.host() {
+                Some(url::Host::Ipv4(ip)) => Some(ip.into()),
+                Some(url::Host::Ipv6(ip)) => Some(ip.into()),
+                _ => None,
+            };
+            if literal.is_some_and(|ip| blocked_reason(ip).is_some()) {
+                return failed("blocked_address", None);
+            }
+        }
+        let timestamp = chrono::Utc::now().timestamp();
+        let request = self
+            .client
+            .post(url)
+            .headers(Self::headers(task, secret, timestamp))
+            .body(task.body.clone());
+        let mut response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return failed(classify(&e), None),
+        };
+        let status = response.status();
+        let latency = started.elapsed();
+        let snippet = self.read_snippet(&mut response).await;
+        let code = status.as_u16();
+        let (outcome, error_kind) = if status.is_success() {
+            (Outcome::Success, None)
+        } else if code == 410 {
+            (Outcome::Gone, Some("http_status"))
+        } else {
+            (Outcome::Failure, Some("http_status"))
+        };
+        AttemptResult {
+            outcome,
+            status_code: Some(code),
+            error_kind,
+            latency,
+            snippet,
+        }
+    }
+
+    /// Reads at most `max_response_bytes` of the body and keeps the first
+    /// `response_snippet_bytes` as text. A body that cannot be read leaves no snippet; it does
+    /// not change the outcome, which the status decided.
+    async fn read_snippet(&self, response: &mut reqwest::Response) -> Option<String> {
+        let mut kept = Vec::new();
+        let mut read = 0usize;
+        while read < self.max_response_bytes {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    read += chunk.len();
+                    let room = self.snippet_bytes.saturating_sub(kept.len());
+                    kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if kept.is_empty() {
+            return None;
+        }
+        // PostgreSQL text cannot hold NUL; replace it like any other undecodable byte.
+        Some(String::from_utf8_lossy(&kept).replace('\0', "\u{FFFD}"))
+    }
+}
+
+fn classify(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        return "timeout";
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(resolve) = e.downcast_ref::<ResolveError>() {
+            return match resolve {
+                ResolveError::Blocked(_) => "blocked_address",
+                ResolveError::Lookup(..) => "dns",
+            };
+        }
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return "tls";
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return "timeout";
+            }
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return "tls";
+            }
+        }
+        source = e.source();
+    }
+    if error.is_connect() {
+        "connect"
+    } else {
+        "request"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aioka_core::event::EventType;
+    use aioka_core::{DeliveryId, EventId, WebhookId};
+
+    #[test]
+    fn every_attempt_carries_both_signatures_and_its_ids() {
+        let secret = WebhookSecret::generate();
+        let event_id = EventId::new();
+        let webhook_id = WebhookId::new();
+        let task = DeliveryTask {
+            delivery_id: DeliveryId::for_pair(event_id, webhook_id),
+            event_id,
+            webhook_id,
+            event_type: EventType::RegimeChange,
+            body: r#"{"event":"regime.change"}"#.into(),
+            attempt: 3,
+            series_start: 1,
+        };
+        let h = Sender::headers(&task, &secret, 1_776_695_520);
+        let dlv = task.delivery_id.to_string();
+        assert_eq!(
+            h["x-aioka-signature"],
+            aioka_signature(&secret, task.body.as_bytes()).as_str()
+        );
+        assert_eq!(h["x-aioka-event"], "regime.change");
+        assert_eq!(h["x-aioka-delivery"], dlv.as_str());
+        assert_eq!(h["x-aioka-attempt"], "3");
+        assert_eq!(h["webhook-id"], dlv.as_str());
+        assert_eq!(h["webhook-timestamp"], "1776695520");
+        assert_eq!(
+            h["webhook-signature"],
+            standard_webhooks_signature(&secret, &dlv, 1_776_695_520, task.body.as_bytes())
+                .as_str()
+        );
+        assert_eq!(h["content-type"], "application/json");
+    }
+}

@@ -1,0 +1,93 @@
+//! The delivery service: stateless competing consumers of `aioka.delivery`. For each task it
+//! looks the webhook up in a cache, signs the body (both schemes), POSTs it, and records the
+//! attempt in a batch. A failure with retries left is published to its delay tier's wait
+//! queue, which dead-letters it back after the delay; a webhook that keeps failing is disabled.
+//!
+//! **Invariant:** a task is acknowledged only after its retry (if any) is confirmed by the
+//! broker and its attempt record is committed.
+//! **Invariant:** in-flight attempts are bounded by the consumer prefetch
+//! (`delivery.max_in_flight`), so memory and connections stay flat under any backlog.
+#![forbid(unsafe_code)]
+
+mod cache;
+pub mod client;
+mod recorder;
+pub mod settings;
+mod worker;
+
+use std::sync::Arc;
+
+use aioka_core::disable::DisableRule;
+use aioka_queue::Topology;
+use aioka_runtime::Health;
+use aioka_store::Store;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use settings::Settings;
+
+/// Runs until `shutdown`: health endpoints on `health_listener`, the consumer on the broker.
+pub async fn run(
+    settings: Settings,
+    health_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    settings.validate()?;
+    let key = Arc::new(settings.security.encryption_key()?);
+    let schedule = settings.retry_schedule()?;
+    let store = Store::connect(&settings.database)?;
+    let health = Health::new(&["database", "amqp"]);
+    let server = axum::serve(health_listener, health.router())
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let server = tokio::spawn(async move { server.await });
+    let probe = store.clone();
+    health.watch(
+        "database",
+        move || {
+            let store = probe.clone();
+            async move { store.ping().await.is_ok() }
+        },
+        shutdown.clone(),
+    );
+
+    // Background parts outlive the consumer so in-flight work can finish recording.
+    let background = CancellationToken::new();
+    let d = &settings.delivery;
+    let cache = cache::Cache::start(store.clone(), key, d.cache_ttl, background.clone());
+    tokio::spawn(
+        cache
+            .clone()
+            .follow_changes(settings.database.clone(), background.clone()),
+    );
+    let recorder = recorder::Recorder::start(
+        store,
+        cache.clone(),
+        DisableRule {
+            threshold: d.disable_after,
+        },
+        d.record_batch_size,
+        d.record_flush_interval,
+        background.clone(),
+    );
+    let worker = Arc::new(worker::Worker {
+        amqp_url: settings.amqp.url.clone(),
+        topology: Topology::new(
+            &settings.amqp.prefix,
+            schedule.tiers(),
+            settings.amqp.delivery_limit,
+        ),
+        schedule,
+        max_in_flight: d.max_in_flight,
+        cache,
+        sender: client::Sender::new(d, settings.security.allow_private_targets)?,
+        recorder,
+        health,
+        stopping: shutdown.clone(),
+    });
+    worker.run(shutdown.clone()).await;
+    background.cancel();
+    shutdown.cancel();
+    server.await??;
+    tracing::info!("delivery stopped");
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! `aioka-delivery`: loads settings and telemetry, binds the health listener, runs until SIGTERM.
+#![forbid(unsafe_code)]
+
+use aioka_delivery::{Settings, run};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::load()?;
+    let _telemetry = aioka_runtime::telemetry::init("aioka-delivery", &settings.telemetry)
+        .map_err(|e| anyhow::anyhow!("telemetry: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(settings.health_addr()?).await?;
+    run(settings, listener, aioka_runtime::shutdown_on_signal()).await
+}

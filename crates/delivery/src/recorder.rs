@@ -1,0 +1,128 @@
+//! The batch writer: attempt records are written in batches (up to `record_batch_size`, or
+//! whatever arrived within `record_flush_interval`), one transaction each, so the database is
+//! off the per-attempt path. A message is acknowledged only after its record is committed.
+
+use std::time::Duration;
+
+use aioka_core::disable::DisableRule;
+use aioka_store::{AttemptRecord, Store};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Cache;
+
+/// The record could not be written before shutdown; the caller requeues its message.
+#[derive(Debug, thiserror::Error)]
+#[error("the attempt record was not written")]
+pub struct NotRecorded;
+
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<(AttemptRecord, oneshot::Sender<Result<(), NotRecorded>>)>,
+}
+
+impl Recorder {
+    pub fn start(
+        store: Store,
+        cache: Cache,
+        rule: DisableRule,
+        batch_size: usize,
+        flush_interval: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(batch_size.max(1) * 4);
+        tokio::spawn(write_loop(
+            store,
+            cache,
+            rule,
+            batch_size.max(1),
+            flush_interval,
+            rx,
+            shutdown,
+        ));
+        Self { tx }
+    }
+
+    /// Queues `record` and waits until it is committed.
+    pub async fn record(&self, record: AttemptRecord) -> Result<(), NotRecorded> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((record, done))
+            .await
+            .map_err(|_| NotRecorded)?;
+        wait.await.map_err(|_| NotRecorded)?
+    }
+}
+
+async fn write_loop(
+    store: Store,
+    cache: Cache,
+    rule: DisableRule,
+    batch_size: usize,
+    flush_interval: Duration,
+    mut rx: mpsc::Receiver<(AttemptRecord, oneshot::Sender<Result<(), NotRecorded>>)>,
+    shutdown: CancellationToken,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let deadline = tokio::time::sleep(flush_interval);
+        tokio::pin!(deadline);
+        while batch.len() < batch_size {
+            tokio::select! {
+                _ = &mut deadline => break,
+                next = rx.recv() => match next {
+                    Some(item) => batch.push(item),
+                    None => break,
+                },
+            }
+        }
+        let (records, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let result = write_with_retry(&store, &records, rule, &shutdown).await;
+        match result {
+            Some(disabled) => {
+                metrics::counter!("aioka_delivery_records_total").increment(records.len() as u64);
+                metrics::histogram!("aioka_delivery_record_batch_size")
+                    .record(records.len() as f64);
+                for d in disabled {
+                    cache.invalidate(d.webhook_id);
+                    metrics::counter!("aioka_webhooks_disabled_total").increment(1);
+                    tracing::warn!(webhook_id = %d.webhook_id, reason = %d.reason, "webhook disabled");
+                }
+                for reply in replies {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            None => {
+                for reply in replies {
+                    let _ = reply.send(Err(NotRecorded));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a batch, retrying database failures with backoff; gives up only on shutdown.
+async fn write_with_retry(
+    store: &Store,
+    records: &[AttemptRecord],
+    rule: DisableRule,
+    shutdown: &CancellationToken,
+) -> Option<Vec<aioka_store::Disabled>> {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match store.record_batch(records, rule).await {
+            Ok(disabled) => return Some(disabled),
+            Err(e) => {
+                tracing::warn!(error = %e, records = records.len(), retry_in = ?backoff, "writing attempt records failed");
+                if shutdown.is_cancelled() {
+                    return None;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! The delivery service's settings: `[database]`, `[amqp]`, `[security]`, `[delivery]`,
+//! `[telemetry]`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aioka_core::retry::RetrySchedule;
+use aioka_queue::AmqpSettings;
+use aioka_runtime::settings::duration;
+use aioka_runtime::{SecuritySettings, SettingsError, TelemetrySettings};
+use aioka_store::DatabaseSettings;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub security: SecuritySettings,
+    pub delivery: DeliverySettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub health_listen: String,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    pub retry_schedule: String,
+    pub disable_after: u32,
+    pub max_in_flight: u16,
+    pub response_snippet_bytes: usize,
+    pub max_response_bytes: usize,
+    pub extra_root_certs: String,
+    pub record_batch_size: usize,
+    #[serde(deserialize_with = "duration")]
+    pub record_flush_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub cache_ttl: Duration,
+}
+
+impl Settings {
+    pub fn load() -> Result<Self, SettingsError> {
+        let settings: Self = aioka_runtime::load()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let d = &self.delivery;
+        let invalid =
+            |key: &str, problem: &str| Err(SettingsError::invalid("delivery", key, problem));
+        self.security.encryption_key()?;
+        self.health_addr()?;
+        self.retry_schedule()?;
+        if d.timeout.is_zero() {
+            return invalid("timeout", "must be more than 0");
+        }
+        if d.connect_timeout.is_zero() || d.connect_timeout > d.timeout {
+            return invalid(
+                "connect_timeout",
+                "must be more than 0 and at most delivery.timeout",
+            );
+        }
+        if d.disable_after == 0 {
+            return invalid("disable_after", "must be at least 1");
+        }
+        if d.max_in_flight == 0 {
+            return invalid("max_in_flight", "must be at least 1");
+        }
+        if d.response_snippet_bytes > d.max_response_bytes {
+            return invalid(
+                "response_snippet_bytes",
+                "must be at most delivery.max_response_bytes",
+            );
+        }
+        if d.record_batch_size == 0 {
+            return invalid("record_batch_size", "must be at least 1");
+        }
+        if !d.extra_root_certs.is_empty() && !std::path::Path::new(&d.extra_root_certs).is_file() {
+            return invalid("extra_root_certs", "is not a readable file");
+        }
+        Ok(())
+    }
+
+    pub fn health_addr(&self) -> Result<SocketAddr, SettingsError> {
+        self.delivery
+            .health_listen
+            .parse()
+            .map_err(|e| SettingsError::invalid("delivery", "health_listen", format!("{e}")))
+    }
+
+    pub fn retry_schedule(&self) -> Result<RetrySchedule, SettingsError> {
+        self.delivery
+            .retry_schedule
+            .parse()
+            .map_err(|e: aioka_core::retry::ScheduleError| {
+                SettingsError::invalid("delivery", "retry_schedule", e.to_string())
+            })
+    }
+}

@@ -1,0 +1,258 @@
+//! The consumer loop and one task's journey: look up the webhook, send, decide, record, ack.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aioka_core::disable::Outcome;
+use aioka_core::messages::{DeliveryTask, Task};
+use aioka_core::retry::{AfterFailure, RetrySchedule};
+use aioka_queue::lapin::message::Delivery;
+use aioka_queue::{
+    Publisher, QueueError, Topology, extract_trace_context, inject_trace_context, persistent_json,
+};
+use aioka_runtime::Health;
+use aioka_store::{AttemptRecord, RecordKind};
+use chrono::Utc;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::cache::{Cache, Target};
+use crate::client::Sender;
+use crate::recorder::Recorder;
+
+pub(crate) struct Worker {
+    pub amqp_url: String,
+    pub topology: Topology,
+    pub schedule: RetrySchedule,
+    pub max_in_flight: u16,
+    pub cache: Cache,
+    pub sender: Sender,
+    pub recorder: Recorder,
+    pub health: Health,
+    /// Cancelled on shutdown: work held for a dependency gives up and requeues.
+    pub stopping: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("the consumer was cancelled or its channel closed")]
+    Ended,
+}
+
+/// How one message ended.
+enum Done {
+    Ack,
+    Requeue,
+}
+
+impl Worker {
+    /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.health.set("amqp", false);
+                    tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn session(&self, shutdown: &CancellationToken) -> Result<(), SessionError> {
+        let connection = aioka_queue::connect(&self.amqp_url, "aioka-delivery").await?;
+        let publisher = Publisher::new(&connection).await?;
+        self.topology.declare(publisher.channel()).await?;
+        let (channel, consumer) = aioka_queue::consume(
+            &connection,
+            &self.topology.delivery_queue(),
+            "aioka-delivery",
+            self.max_in_flight,
+        )
+        .await?;
+        self.health.set("amqp", true);
+        tracing::info!(queue = %self.topology.delivery_queue(), in_flight = self.max_in_flight, "consuming tasks");
+        consumer
+            .take_until(shutdown.cancelled())
+            .for_each_concurrent(usize::from(self.max_in_flight), |message| {
+                let publisher = &publisher;
+                async move {
+                    match message {
+                        Ok(delivery) => self.process(publisher, delivery).await,
+                        Err(e) => tracing::warn!(error = %e, "consumer error"),
+                    }
+                }
+            })
+            .await;
+        let _ = channel.close(200, "shutdown".into()).await;
+        let _ = connection.close(200, "shutdown".into()).await;
+        if shutdown.is_cancelled() {
+            Ok(())
+        } else {
+            Err(SessionError::Ended)
+        }
+    }
+
+    async fn process(&self, publisher: &Publisher, delivery: Delivery) {
+        let task = match Task::from_bytes(&delivery.data) {
+            Ok(Task::V1(task)) => task,
+            Err(e) => {
+                let reason = format!("not a delivery task: {e}");
+                if aioka_queue::park(publisher, &self.topology, &delivery, "delivery", &reason)
+                    .await
+                    .is_err()
+                {
+                    aioka_queue::requeue(&delivery).await;
+                }
+                return;
+            }
+        };
+        let span = tracing::info_span!(
+            "deliver",
+            delivery_id = %task.delivery_id,
+            webhook_id = %task.webhook_id,
+            attempt = task.attempt,
+        );
+        extract_trace_context(delivery.properties.headers().as_ref(), &span);
+        let done = self
+            .deliver(publisher, &delivery, task)
+            .instrument(span)
+            .await;
+        match done {
+            Done::Ack => aioka_queue::ack(&delivery).await,
+            Done::Requeue => aioka_queue::requeue(&delivery).await,
+        }
+    }
+
+    async fn deliver(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        task: DeliveryTask,
+    ) -> Done {
+        // A database outage holds the task here rather than requeueing it: requeues count
+        // against the queue's delivery limit and would park healthy tasks.
+        let mut backoff = Duration::from_millis(100);
+        let target = loop {
+            match self.cache.get(task.webhook_id).await {
+                Ok(target) => break target,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "webhook lookup failed");
+                    tokio::select! {
+                        _ = self.stopping.cancelled() => return Done::Requeue,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let (url, secret) = match target.as_ref() {
+            Target::Active { url, secret } => (url, secret),
+            Target::Disabled => return self.skip(&task, "webhook disabled").await,
+            Target::Gone => return self.skip(&task, "webhook deleted").await,
+            Target::Undecryptable => {
+                let reason =
+                    "the webhook's secret does not decrypt with this service's security.secret_key";
+                tracing::error!(reason);
+                return match aioka_queue::park(
+                    publisher,
+                    &self.topology,
+                    delivery,
+                    "delivery",
+                    reason,
+                )
+                .await
+                {
+                    Ok(()) => Done::Ack,
+                    Err(_) => Done::Requeue,
+                };
+            }
+        };
+
+        let result = self.sender.send(url, &task, secret).await;
+        let at = Utc::now();
+        metrics::counter!(
+            "aioka_delivery_attempts_total",
+            "result" => if result.outcome == Outcome::Success { "success" } else { result.error_kind.unwrap_or("failure") },
+        )
+        .increment(1);
+        metrics::histogram!("aioka_delivery_attempt_seconds").record(result.latency.as_secs_f64());
+
+        let mut next_retry_at = None;
+        if result.outcome == Outcome::Failure
+            && let AfterFailure::Retry { delay, tier } =
+                self.schedule.after_failure(task.attempt_in_series())
+        {
+            let next = Task::V1(task.next_attempt());
+            let props =
+                persistent_json(Some(&task.delivery_id.to_string()), inject_trace_context());
+            if let Err(e) = publisher
+                .publish(
+                    &self.topology.retry_exchange(),
+                    &tier.to_string(),
+                    &next.to_bytes(),
+                    props,
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "could not schedule the retry; requeueing the attempt");
+                return Done::Requeue;
+            }
+            next_retry_at = Some(at + chrono::Duration::from_std(delay).unwrap_or_default());
+        }
+        tracing::info!(
+            outcome = ?result.outcome,
+            status = result.status_code,
+            error = result.error_kind,
+            latency_ms = result.latency.as_millis() as u64,
+            retry = next_retry_at.is_some(),
+            "attempt made"
+        );
+        let record = AttemptRecord {
+            delivery_id: task.delivery_id,
+            event_id: task.event_id,
+            webhook_id: task.webhook_id,
+            attempt: task.attempt,
+            at,
+            kind: RecordKind::Attempt {
+                outcome: result.outcome,
+                status_code: result.status_code,
+                error_kind: result.error_kind,
+                latency_ms: u32::try_from(result.latency.as_millis()).unwrap_or(u32::MAX),
+                snippet: result.snippet,
+                next_retry_at,
+            },
+        };
+        match self.recorder.record(record).await {
+            Ok(()) => Done::Ack,
+            Err(_) => Done::Requeue,
+        }
+    }
+
+    /// Drops a task without sending and records why.
+    async fn skip(&self, task: &DeliveryTask, reason: &'static str) -> Done {
+        tracing::info!(reason, "task skipped");
+        metrics::counter!("aioka_delivery_skipped_total").increment(1);
+        let record = AttemptRecord {
+            delivery_id: task.delivery_id,
+            event_id: task.event_id,
+            webhook_id: task.webhook_id,
+            attempt: task.attempt,
+            at: Utc::now(),
+            kind: RecordKind::Skipped { reason },
+        };
+        match self.recorder.record(record).await {
+            Ok(()) => Done::Ack,
+            Err(_) => Done::Requeue,
+        }
+    }
+}
