@@ -17,7 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::webhooks;
+use crate::{deliveries, events, webhooks};
 
 /// One route the gateway serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,9 +64,27 @@ fn routes() -> Routes {
         )
         .add(
             "/v1/webhooks/{id}",
-            &[Method::GET, Method::DELETE],
-            get(webhooks::get).delete(webhooks::delete),
+            &[Method::GET, Method::PATCH, Method::DELETE],
+            get(webhooks::get)
+                .patch(webhooks::update)
+                .delete(webhooks::delete),
         )
+        .add(
+            "/v1/webhooks/test",
+            &[Method::POST],
+            post(deliveries::send_test),
+        )
+        .add(
+            "/v1/webhooks/{id}/deliveries",
+            &[Method::GET],
+            get(deliveries::list),
+        )
+        .add(
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+            &[Method::POST],
+            post(deliveries::retry),
+        )
+        .add("/v1/events", &[Method::POST], post(events::ingest))
 }
 
 /// Every (method, path) the gateway serves, including the health endpoints.

@@ -27,56 +27,89 @@ impl FromRequest<AppState> for JsonBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
-        let content_type = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let essence = content_type.split(';').next().unwrap_or("").trim();
-        let is_json = essence.eq_ignore_ascii_case("application/json")
-            || (essence.starts_with("application/") && essence.ends_with("+json"));
-        if !is_json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "the body must be JSON sent with Content-Type: application/json",
-            ));
-        }
-        let limit = state.settings.max_body_bytes;
-        let body = Limited::new(req.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| {
-                if e.downcast_ref::<LengthLimitError>().is_some() {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        format!("the body must be at most {limit} bytes"),
-                    )
-                } else {
-                    ApiError::new(
-                        StatusCode::BAD_REQUEST,
-                        "unreadable_body",
-                        "the request body could not be read",
-                    )
-                }
-            })?
-            .to_bytes();
-        if body.is_empty() {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                "the body is empty; send a JSON object",
-            ));
-        }
-        serde_json::from_slice(&body).map(JsonBody).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not valid JSON: {e}"),
-            )
-        })
+        read_json(req, state, false).await.map(JsonBody)
     }
+}
+
+/// Like [`JsonBody`], but an empty body (with or without a Content-Type) reads as `{}`.
+#[derive(Debug)]
+pub struct OptionalJsonBody(pub Value);
+
+impl FromRequest<AppState> for OptionalJsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        read_json(req, state, true).await.map(OptionalJsonBody)
+    }
+}
+
+async fn read_json(
+    req: Request,
+    state: &AppState,
+    empty_is_object: bool,
+) -> Result<Value, ApiError> {
+    let empty = || Value::Object(serde_json::Map::new());
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let is_json = essence.eq_ignore_ascii_case("application/json")
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    let declared_empty = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .is_some_and(|v| v.as_bytes() == b"0");
+    if empty_is_object && declared_empty {
+        return Ok(empty());
+    }
+    // A body-less request with no Content-Type is fine where the body is optional.
+    let untyped_allowed = empty_is_object && content_type.is_empty();
+    if !(is_json || untyped_allowed) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON sent with Content-Type: application/json",
+        ));
+    }
+    let limit = state.settings.max_body_bytes;
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body must be at most {limit} bytes"),
+                )
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    "the request body could not be read",
+                )
+            }
+        })?
+        .to_bytes();
+    if body.is_empty() {
+        if empty_is_object {
+            return Ok(empty());
+        }
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "the body is empty; send a JSON object",
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })
 }
 
 /// A prefixed id from the path (`/v1/webhooks/{id}`), refused with 400 if malformed.
@@ -163,5 +196,60 @@ impl FromRequestParts<AppState> for Customer {
             ));
         }
         Ok(Customer(key))
+    }
+}
+/// Two ids from the path, e.g. `/v1/webhooks/{id}/deliveries/{delivery_id}`.
+#[derive(Debug)]
+pub struct IdPath2<A, B>(pub A, pub B);
+
+impl<A, B> FromRequestParts<AppState> for IdPath2<A, B>
+where
+    A: FromStr<Err = IdParseError> + Send,
+    B: FromStr<Err = IdParseError> + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Path((a, b)) = Path::<(String, String)>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e.to_string()))?;
+        let parse_error = |field: &str, e: IdParseError| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_id",
+                format!("{field}: {e}"),
+            )
+            .with_field(field)
+        };
+        Ok(IdPath2(
+            a.parse().map_err(|e| parse_error("id", e))?,
+            b.parse().map_err(|e| parse_error("delivery_id", e))?,
+        ))
+    }
+}
+
+/// A request authenticated with a producer key.
+#[derive(Debug)]
+pub struct Producer(pub KeyRecord);
+
+impl FromRequestParts<AppState> for Producer {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let key = authenticate(parts, state).await?;
+        if key.kind != aioka_core::KeyKind::Producer {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "wrong_key_kind",
+                "only producer keys may publish events",
+            ));
+        }
+        Ok(Producer(key))
     }
 }

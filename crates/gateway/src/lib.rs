@@ -1,19 +1,22 @@
-//! The AIOKA Webhooks gateway: the customer API (webhooks) and producer ingestion (events).
+//! The AIOKA Webhooks gateway: the customer API (webhooks, test events, the delivery log) and
+//! producer ingestion (events).
 //!
 //! `main` loads settings and telemetry and calls [`run`]; integration tests call the same
 //! `run` on port 0 with their own settings and shutdown token, so what is tested is what ships.
 #![forbid(unsafe_code)]
 
 mod app;
+mod deliveries;
 mod error;
+mod events;
 mod extract;
 pub mod settings;
 mod state;
 mod webhooks;
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use aioka_queue::{SharedPublisher, Topology};
 use aioka_runtime::Health;
 use aioka_store::Store;
 use tokio::net::TcpListener;
@@ -33,15 +36,39 @@ pub async fn run(
     settings.validate()?;
     let encryption_key = Arc::new(settings.security.encryption_key()?);
     let store = Store::connect(&settings.database)?;
-    let health = Health::new(&["database"]);
-    tokio::spawn(probe_database(
-        store.clone(),
-        health.clone(),
-        shutdown.clone(),
+    let topology = Topology::new(
+        &settings.amqp.prefix,
+        settings.retry_schedule()?.tiers(),
+        settings.amqp.delivery_limit,
+    );
+    let publisher = Arc::new(SharedPublisher::new(
+        &settings.amqp.url,
+        "aioka-gateway",
+        topology,
     ));
+    let health = Health::new(&["database", "amqp"]);
+    let probe = store.clone();
+    health.watch(
+        "database",
+        move || {
+            let store = probe.clone();
+            async move { store.ping().await.is_ok() }
+        },
+        shutdown.clone(),
+    );
+    let probe = publisher.clone();
+    health.watch(
+        "amqp",
+        move || {
+            let publisher = probe.clone();
+            async move { publisher.is_connected().await }
+        },
+        shutdown.clone(),
+    );
 
     let state = AppState {
         store,
+        publisher,
         encryption_key,
         settings: Arc::new(settings.gateway.clone()),
         allow_private_targets: settings.security.allow_private_targets,
@@ -53,16 +80,4 @@ pub async fn run(
         .await?;
     tracing::info!("gateway stopped");
     Ok(())
-}
-
-/// Keeps the `database` component of `/readyz` true while PostgreSQL answers.
-async fn probe_database(store: Store, health: Health, shutdown: CancellationToken) {
-    loop {
-        let ok = store.ping().await.is_ok();
-        health.set("database", ok);
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(if ok { 5 } else { 1 })) => {}
-        }
-    }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use aioka_core::EncryptionKey;
+use aioka_queue::SharedPublisher;
 use aioka_runtime::Health;
 use aioka_store::Store;
 
@@ -11,6 +12,7 @@ use crate::settings::GatewaySettings;
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub store: Store,
+    pub publisher: Arc<SharedPublisher>,
     pub encryption_key: Arc<EncryptionKey>,
     pub settings: Arc<GatewaySettings>,
     pub allow_private_targets: bool,

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use aioka_core::event::EventType;
 use aioka_core::url_policy::{HostToResolve, WebhookUrl, check_resolved};
 use aioka_core::{FieldError, WebhookId, WebhookSecret};
-use aioka_store::{NewWebhook, WebhookRecord, WebhookWriteError};
+use aioka_store::{NewWebhook, WebhookPatch, WebhookRecord, WebhookWriteError};
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -225,4 +225,52 @@ pub async fn delete(
     } else {
         Err(ApiError::not_found("webhook"))
     }
+}
+
+/// `PATCH /v1/webhooks/{id}` `{"url"?, "events"?, "is_active"?}`: re-enabling resets the
+/// failure count and clears the disable reason.
+#[tracing::instrument(skip_all, fields(key_id = %customer.0.id, webhook_id = %id))]
+pub async fn update(
+    State(state): State<AppState>,
+    customer: Customer,
+    IdPath(id): IdPath<WebhookId>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    customer.require_webhooks()?;
+    let object = body_object(&body)?;
+    reject_unknown_fields(object, &["url", "events", "is_active"])?;
+    if object.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "empty_patch",
+            "send at least one of url, events, is_active",
+        ));
+    }
+    let url = match object.get("url") {
+        Some(_) => Some(parse_url(&state, object.get("url")).await?),
+        None => None,
+    };
+    let events = match object.get("events") {
+        Some(_) => Some(parse_events(object.get("events"))?),
+        None => None,
+    };
+    let is_active = match object.get("is_active") {
+        None => None,
+        Some(Value::Bool(b)) => Some(*b),
+        Some(_) => {
+            return Err(FieldError::invalid("is_active", "is_active must be true or false").into());
+        }
+    };
+    let patch = WebhookPatch {
+        url: url.as_deref(),
+        events: events.as_deref(),
+        is_active,
+    };
+    let webhook = state
+        .store
+        .update_webhook(customer.0.id, id, &patch)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook"))?;
+    tracing::info!(?is_active, url_changed = url.is_some(), "webhook updated");
+    Ok(Json(webhook_json(&webhook)))
 }

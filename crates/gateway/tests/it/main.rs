@@ -10,7 +10,7 @@ use aioka_core::tier::Tier;
 use aioka_core::{ApiKey, KeyKind};
 use aioka_gateway::Settings;
 use aioka_store::{KeyRecord, NewKey};
-use aioka_testkit::{TestDb, TestEnv};
+use aioka_testkit::{TestBroker, TestDb, TestEnv};
 use reqwest::{Client, Response};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -21,6 +21,7 @@ pub struct App {
     pub base: String,
     pub client: Client,
     pub db: TestDb,
+    pub broker: TestBroker,
     pub env: TestEnv,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -34,7 +35,8 @@ impl App {
     pub async fn spawn_with(configure: impl FnOnce(&mut TestEnv)) -> Self {
         aioka_testkit::init_logs();
         let db = TestDb::new().await;
-        let mut env = TestEnv::new(&db, None);
+        let broker = TestBroker::new("1s");
+        let mut env = TestEnv::new(&db, Some(&broker));
         configure(&mut env);
         let settings: Settings = env.load();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -45,6 +47,7 @@ impl App {
             base,
             client: aioka_testkit::http_client(),
             db,
+            broker,
             env,
             shutdown,
             handle: Some(handle),
