@@ -11,6 +11,7 @@ pub mod receiver;
 
 pub use broker::TestBroker;
 pub use db::TestDb;
+pub use receiver::{Received, Receiver, TestCa};
 
 use aioka_core::EncryptionKey;
 

@@ -1,0 +1,280 @@
+//! The customer's side of the pipeline: test events, the delivery log, re-sending, editing.
+
+use aioka_core::event::EventType;
+use serde_json::{Value, json};
+
+use crate::{Options, PATIENCE, System, sample};
+
+#[tokio::test]
+async fn a_test_event_goes_through_the_real_pipeline_signed() {
+    let system = System::start().await;
+    let receiver = system.receiver().await;
+    let customer = system.customer().await;
+    let (one, secret) = system
+        .register(
+            &customer,
+            &format!("{}?w=1", receiver.url),
+            &["macro.alert"],
+        )
+        .await;
+    let (_two, _) = system
+        .register(
+            &customer,
+            &format!("{}?w=2", receiver.url),
+            &["verdict.new"],
+        )
+        .await;
+
+    // To one webhook, with a chosen event type (it need not be subscribed to it).
+    let response = system
+        .post(
+            "/v1/webhooks/test",
+            &customer,
+            &json!({"webhook_id": one, "event": "ghost.signal"}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["event"], "ghost.signal");
+    let deliveries = body["deliveries"].as_array().unwrap();
+    assert_eq!(deliveries.len(), 1);
+    let r = receiver.wait_for(1, PATIENCE).await.remove(0);
+    assert_eq!(r.query, "w=1");
+    assert_eq!(
+        r.header("x-aioka-delivery"),
+        deliveries[0]["id"].as_str().unwrap()
+    );
+    assert_eq!(r.json()["data"], EventType::GhostSignal.sample_data());
+    assert!(r.seed_signature_valid(&secret) && r.standard_signature_valid(&secret));
+
+    // With no body: verdict.new to every active webhook of the key.
+    let response = system
+        .client
+        .post(system.url("/v1/webhooks/test"))
+        .header("X-API-Key", &customer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["event"], "verdict.new");
+    assert_eq!(body["deliveries"].as_array().unwrap().len(), 2);
+    let all = receiver.wait_for(3, PATIENCE).await;
+    let mut queries: Vec<&str> = all[1..].iter().map(|r| r.query.as_str()).collect();
+    queries.sort();
+    assert_eq!(queries, ["w=1", "w=2"]);
+    let logged = system
+        .wait_for_delivery(&customer, &one, |d| d["status"] == "succeeded")
+        .await;
+    assert_eq!(logged["event"], "verdict.new");
+}
+
+#[tokio::test]
+async fn a_test_event_names_what_is_wrong() {
+    let system = System::start().await;
+    let customer = system.customer().await;
+    let r = system
+        .post("/v1/webhooks/test", &customer, &json!({}))
+        .await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "no_active_webhooks");
+
+    let receiver = system.receiver().await;
+    let (id, _) = system
+        .register(&customer, &receiver.url, &["verdict.new"])
+        .await;
+    let cases = [
+        (json!({"event": "nope"}), 422, "unknown_event_type"),
+        (json!({"webhook_id": "wh_bad"}), 422, "invalid_field"),
+        (
+            json!({"webhook_id": aioka_core::WebhookId::new().to_string()}),
+            404,
+            "not_found",
+        ),
+        (
+            json!({"webhook_id": id, "extra": true}),
+            422,
+            "unknown_field",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let r = system.post("/v1/webhooks/test", &customer, &body).await;
+        assert_eq!(r.status(), status, "{body}");
+        let error: Value = r.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{error}");
+    }
+    let other = system.customer().await;
+    let r = system
+        .post("/v1/webhooks/test", &other, &json!({"webhook_id": id}))
+        .await;
+    assert_eq!(r.status(), 404, "another key's webhook is not found");
+    assert!(receiver.received().is_empty());
+}
+
+#[tokio::test]
+async fn the_delivery_log_pages_newest_first() {
+    let system = System::start().await;
+    let receiver = system.receiver().await;
+    let customer = system.customer().await;
+    let producer = system.producer().await;
+    let (webhook, _) = system
+        .register(&customer, &receiver.url, &["regime.change"])
+        .await;
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        events.push(
+            system
+                .publish(&producer, sample(EventType::RegimeChange))
+                .await,
+        );
+        receiver.wait_for(events.len(), PATIENCE).await;
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/v1/webhooks/{webhook}/deliveries?limit=2&cursor={c}"),
+            None => format!("/v1/webhooks/{webhook}/deliveries?limit=2"),
+        };
+        let page = system.get_json(&path, &customer).await;
+        let data = page["data"].as_array().unwrap();
+        assert!(data.len() <= 2);
+        seen.extend(
+            data.iter()
+                .map(|d| d["event_id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    events.reverse();
+    assert_eq!(seen, events, "newest first, each once");
+
+    for bad in ["limit=0", "limit=101", "limit=x", "cursor=%21%21"] {
+        let r = system
+            .client
+            .get(system.url(&format!("/v1/webhooks/{webhook}/deliveries?{bad}")))
+            .header("X-API-Key", &customer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let other = system.customer().await;
+    let r = system
+        .client
+        .get(system.url(&format!("/v1/webhooks/{webhook}/deliveries")))
+        .header("X-API-Key", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn a_failed_delivery_can_be_re_sent_under_the_same_id() {
+    let system = System::start_with(Options {
+        schedule: "",
+        ..Options::default()
+    })
+    .await;
+    let receiver = system.receiver().await;
+    receiver.respond_with(500);
+    let customer = system.customer().await;
+    let producer = system.producer().await;
+    let (webhook, secret) = system
+        .register(&customer, &receiver.url, &["council.new"])
+        .await;
+    system
+        .publish(&producer, sample(EventType::CouncilNew))
+        .await;
+    let failed = system
+        .wait_for_delivery(&customer, &webhook, |d| d["status"] == "failed")
+        .await;
+    let delivery = failed["id"].as_str().unwrap().to_owned();
+    let retry_path = format!("/v1/webhooks/{webhook}/deliveries/{delivery}/retry");
+
+    receiver.respond_with(200);
+    let r = system.post(&retry_path, &customer, &json!(null)).await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["attempt"], 2);
+    let received = receiver.wait_for(2, PATIENCE).await;
+    assert_eq!(received[1].header("x-aioka-delivery"), delivery);
+    assert_eq!(received[1].header("x-aioka-attempt"), "2");
+    assert_eq!(received[1].body, received[0].body);
+    assert!(received[1].seed_signature_valid(&secret));
+    let done = system
+        .wait_for_delivery(&customer, &webhook, |d| d["status"] == "succeeded")
+        .await;
+    assert_eq!(done["attempt_count"], 2);
+
+    let r = system.post(&retry_path, &customer, &json!(null)).await;
+    assert_eq!(r.status(), 409, "a succeeded delivery is not re-sent");
+    let other = system.customer().await;
+    let r = system.post(&retry_path, &other, &json!(null)).await;
+    assert_eq!(r.status(), 404);
+    let r = system
+        .post(
+            &format!("/v1/webhooks/{webhook}/deliveries/dlv_x/retry"),
+            &customer,
+            &json!(null),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn patch_changes_the_url_and_the_events() {
+    let system = System::start().await;
+    let first = system.receiver().await;
+    let second = system.receiver().await;
+    let customer = system.customer().await;
+    let producer = system.producer().await;
+    let (webhook, _) = system
+        .register(&customer, &first.url, &["verdict.new"])
+        .await;
+    let r = system
+        .client
+        .patch(system.url(&format!("/v1/webhooks/{webhook}")))
+        .header("X-API-Key", &customer)
+        .json(&json!({"url": second.url, "events": ["council.new"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["url"], second.url.as_str());
+    assert_eq!(body["events"], json!(["council.new"]));
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    system
+        .publish(&producer, sample(EventType::CouncilNew))
+        .await;
+    let got = second.wait_for(1, PATIENCE).await;
+    assert_eq!(got[0].json()["event"], "council.new");
+    assert!(first.received().is_empty());
+
+    for (body, code) in [
+        (json!({}), "empty_patch"),
+        (json!({"is_active": "yes"}), "invalid_field"),
+        (json!({"url": "http://x.example.com"}), "https_required"),
+        (json!({"events": []}), "invalid_field"),
+        (json!({"secret": "x"}), "unknown_field"),
+    ] {
+        let r = system
+            .client
+            .patch(system.url(&format!("/v1/webhooks/{webhook}")))
+            .header("X-API-Key", &customer)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{body}");
+        let error: Value = r.json().await.unwrap();
+        assert_eq!(error["error"]["code"], code, "{error}");
+    }
+}
