@@ -1,9 +1,11 @@
-//! `aioka`: the operator's command line. Keys, migrations, and the parking queue.
+//! `aioka`: the operator's command line. Keys, migrations, and a local demo receiver.
 //!
 //! Output meant for scripts goes to stdout alone (`KEY=$(aioka keys create …)` works);
 //! everything else goes to stderr.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
+
+mod receiver;
 
 use std::process::ExitCode;
 
@@ -28,6 +30,28 @@ enum Command {
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// A local HTTPS endpoint that prints deliveries and checks their signatures (demos).
+    Receiver(ReceiverArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReceiverArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    listen: std::net::SocketAddr,
+    /// Directory of the local CA (ca.pem, ca.key), created if missing. The delivery service
+    /// must trust its ca.pem (AIOKA__DELIVERY__EXTRA_ROOT_CERTS).
+    #[arg(long, default_value = ".run/demo-ca")]
+    ca_dir: std::path::PathBuf,
+    /// The webhook's whsec_ secret, to verify signatures.
+    #[arg(long, env = "AIOKA_WEBHOOK_SECRET")]
+    secret: Option<String>,
+    /// The HTTP status to answer (e.g. 500 to watch retries, 410 to disable the webhook).
+    #[arg(long, default_value_t = 200)]
+    status: u16,
+    /// Only create the CA and print the path of its certificate.
+    #[arg(long)]
+    init_ca: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,7 +94,7 @@ struct Settings {
     database: DatabaseSettings,
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
@@ -83,9 +107,20 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // The receiver needs no database; everything else does.
+    let command = match cli.command {
+        Command::Receiver(args) if args.init_ca => {
+            println!("{}", receiver::ensure_ca(&args.ca_dir)?.display());
+            return Ok(());
+        }
+        Command::Receiver(args) => {
+            return receiver::serve(args.listen, &args.ca_dir, args.secret, args.status).await;
+        }
+        other => other,
+    };
     let settings: Settings = aioka_runtime::load()?;
     let store = Store::connect(&settings.database)?;
-    match cli.command {
+    match command {
         Command::Migrate => {
             let applied = store.migrate().await.context("migrating the database")?;
             eprintln!("migrations applied: {applied}");
@@ -99,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             eprintln!("revoked {id}");
         }
+        Command::Receiver(_) => {}
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -14,6 +15,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 
 /// The readiness of a service's components.
 #[derive(Debug, Clone, Default)]
@@ -48,6 +50,27 @@ impl Health {
 
     pub fn is_ready(&self) -> bool {
         self.snapshot().values().all(|ready| *ready)
+    }
+
+    /// Keeps `component` set to the result of `probe`, checked every 5 s (every second while
+    /// it fails), until `shutdown`.
+    pub fn watch<F, Fut>(&self, component: &'static str, probe: F, shutdown: CancellationToken)
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = bool> + Send,
+    {
+        let health = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let ok = probe().await;
+                health.set(component, ok);
+                let pause = Duration::from_secs(if ok { 5 } else { 1 });
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        });
     }
 
     /// `/healthz`, `/readyz` and `/metrics`, to merge into a service's router or serve alone.
