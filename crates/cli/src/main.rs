@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
+mod parking;
 mod receiver;
 
 use std::process::ExitCode;
@@ -30,8 +31,26 @@ enum Command {
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Inspect and replay the parking queue.
+    #[command(subcommand)]
+    Parking(ParkingCommand),
     /// A local HTTPS endpoint that prints deliveries and checks their signatures (demos).
     Receiver(ReceiverArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum ParkingCommand {
+    /// Print parked messages (JSON lines) with their origin and reason; nothing is removed.
+    List {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Send parked messages back where they came from (events to aioka.events with their
+    /// routing key, tasks to aioka.deliveries).
+    Replay {
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +111,13 @@ fn parse_tier(text: &str) -> Result<Tier, String> {
 #[derive(Debug, Deserialize)]
 struct Settings {
     database: DatabaseSettings,
+    amqp: aioka_queue::AmqpSettings,
+    delivery: Schedule,
+}
+
+#[derive(Debug, Deserialize)]
+struct Schedule {
+    retry_schedule: String,
 }
 
 #[tokio::main]
@@ -119,6 +145,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         other => other,
     };
     let settings: Settings = aioka_runtime::load()?;
+    if let Command::Parking(parking) = &command {
+        let schedule: aioka_core::retry::RetrySchedule = settings
+            .delivery
+            .retry_schedule
+            .parse()
+            .context("delivery.retry_schedule")?;
+        let topology = aioka_queue::Topology::new(
+            &settings.amqp.prefix,
+            schedule.tiers(),
+            settings.amqp.delivery_limit,
+        );
+        return match parking {
+            ParkingCommand::List { limit } => {
+                parking::list(&settings.amqp.url, &topology, *limit).await
+            }
+            ParkingCommand::Replay { limit } => {
+                parking::replay(&settings.amqp.url, &topology, *limit).await
+            }
+        };
+    }
     let store = Store::connect(&settings.database)?;
     match command {
         Command::Migrate => {
@@ -134,7 +180,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             eprintln!("revoked {id}");
         }
-        Command::Receiver(_) => {}
+        Command::Receiver(_) | Command::Parking(_) => {}
     }
     Ok(())
 }

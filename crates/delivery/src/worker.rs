@@ -53,9 +53,14 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         while !shutdown.is_cancelled() {
+            let started = std::time::Instant::now();
             match self.session(&shutdown).await {
                 Ok(()) => return,
                 Err(e) => {
+                    // A session that ran a while was healthy: start the backoff afresh.
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = Duration::from_millis(100);
+                    }
                     self.health.set("amqp", false);
                     tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended");
                     tokio::select! {
@@ -69,7 +74,11 @@ impl Worker {
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> Result<(), SessionError> {
-        let connection = aioka_queue::connect(&self.amqp_url, "aioka-delivery").await?;
+        let connection = aioka_queue::connect(
+            &self.amqp_url,
+            &self.topology.connection_name("aioka-delivery"),
+        )
+        .await?;
         let publisher = Publisher::new(&connection).await?;
         self.topology.declare(publisher.channel()).await?;
         let (channel, consumer) = aioka_queue::consume(

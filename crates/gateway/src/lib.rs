@@ -43,7 +43,7 @@ pub async fn run(
     );
     let publisher = Arc::new(SharedPublisher::new(
         &settings.amqp.url,
-        "aioka-gateway",
+        &topology.connection_name("aioka-gateway"),
         topology,
     ));
     let health = Health::new(&["database", "amqp"]);

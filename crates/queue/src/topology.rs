@@ -49,6 +49,12 @@ impl Topology {
         }
     }
 
+    /// The name a service's connection shows in the broker (`aioka-delivery@aioka`), so an
+    /// operator can tell deployments and services apart in `rabbitmqctl list_connections`.
+    pub fn connection_name(&self, service: &str) -> String {
+        format!("{service}@{}", self.prefix)
+    }
+
     pub fn events_exchange(&self) -> String {
         format!("{}.events", self.prefix)
     }

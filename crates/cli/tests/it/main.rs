@@ -4,7 +4,10 @@
 use std::process::{Command, Output};
 
 use aioka_core::ApiKey;
-use aioka_testkit::TestDb;
+use aioka_queue::lapin::BasicProperties;
+use aioka_queue::lapin::options::BasicGetOptions;
+use aioka_queue::lapin::types::{AMQPValue, FieldTable, LongString};
+use aioka_testkit::{TestBroker, TestDb};
 use serde_json::Value;
 
 fn aioka(db: &TestDb, args: &[&str]) -> Output {
@@ -123,4 +126,108 @@ async fn migrate_is_idempotent() {
     let out = aioka(&db, &["migrate"]);
     stdout(&out);
     assert!(String::from_utf8_lossy(&out.stderr).contains("migrations applied: 0"));
+}
+
+fn aioka_amqp(broker: &TestBroker, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_aioka"))
+        .args(args)
+        .env("AIOKA__AMQP__URL", &broker.url)
+        .env("AIOKA__AMQP__PREFIX", &broker.prefix)
+        .env(
+            "AIOKA__DELIVERY__RETRY_SCHEDULE",
+            broker.schedule.to_string(),
+        )
+        .output()
+        .expect("run aioka")
+}
+
+#[tokio::test]
+async fn parked_messages_are_listed_with_their_reason_and_replayed_to_their_origin() {
+    let broker = TestBroker::new("1s");
+    let topology = broker.topology();
+    let connection = broker.connect().await;
+    let publisher = aioka_queue::Publisher::new(&connection).await.unwrap();
+    topology.declare(publisher.channel()).await.unwrap();
+    let parked = |source: &str, key: &str| {
+        let mut headers = FieldTable::default();
+        for (k, v) in [
+            (aioka_queue::PARK_SOURCE_HEADER, source),
+            (
+                aioka_queue::PARK_REASON_HEADER,
+                "breaks the event contract: test",
+            ),
+            ("x-aioka-original-routing-key", key),
+        ] {
+            headers.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
+        }
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers)
+    };
+    publisher
+        .publish(
+            &topology.parking_exchange(),
+            "",
+            b"{\"task\":1}",
+            parked("delivery", ""),
+        )
+        .await
+        .unwrap();
+    publisher
+        .publish(
+            &topology.parking_exchange(),
+            "",
+            b"{\"event\":2}",
+            parked("fanout", "macro.alert"),
+        )
+        .await
+        .unwrap();
+
+    let listing = stdout(&aioka_amqp(&broker, &["parking", "list"]));
+    let rows: Vec<Value> = listing
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{listing}");
+    assert_eq!(rows[0]["source"], "delivery");
+    assert!(rows[0]["reason"].as_str().unwrap().contains("contract"));
+    assert_eq!(rows[1]["routing_key"], "macro.alert");
+    // Listing removes nothing.
+    assert_eq!(
+        stdout(&aioka_amqp(&broker, &["parking", "list"]))
+            .lines()
+            .count(),
+        2
+    );
+
+    stdout(&aioka_amqp(&broker, &["parking", "replay"]));
+    let channel = connection.create_channel().await.unwrap();
+    let get = |queue: String| {
+        let channel = channel.clone();
+        async move {
+            channel
+                .basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+        }
+    };
+    let task = get(topology.delivery_queue())
+        .await
+        .expect("the task is back in the delivery queue");
+    assert_eq!(task.delivery.data, b"{\"task\":1}");
+    assert!(
+        aioka_queue::header_str(
+            task.delivery.properties.headers().as_ref(),
+            aioka_queue::PARK_REASON_HEADER
+        )
+        .is_none()
+    );
+    let event = get(topology.fanout_queue())
+        .await
+        .expect("the event is back in the fanout queue");
+    assert_eq!(event.delivery.routing_key.as_str(), "macro.alert");
+    assert!(
+        get(topology.parking_queue()).await.is_none(),
+        "the parking queue is empty"
+    );
 }

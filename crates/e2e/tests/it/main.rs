@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod delivery;
+mod faults;
 mod ingest;
 mod manage;
 
