@@ -37,18 +37,8 @@ pub async fn run(
     let schedule = settings.retry_schedule()?;
     let store = Store::connect(&settings.database)?;
     let health = Health::new(&["database", "amqp"]);
-    let server = axum::serve(health_listener, health.router())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
-    let probe = store.clone();
-    health.watch(
-        "database",
-        move || {
-            let store = probe.clone();
-            async move { store.ping().await.is_ok() }
-        },
-        shutdown.clone(),
-    );
+    let server = health.serve(health_listener, shutdown.clone());
+    health.watch("database", store.readiness_probe(), shutdown.clone());
 
     // Background parts outlive the consumer so in-flight work can finish recording.
     let background = CancellationToken::new();

@@ -86,18 +86,14 @@ impl Settings {
     }
 
     pub fn health_addr(&self) -> Result<SocketAddr, SettingsError> {
-        self.delivery
-            .health_listen
-            .parse()
-            .map_err(|e| SettingsError::invalid("delivery", "health_listen", format!("{e}")))
+        aioka_runtime::settings::socket_addr(
+            "delivery",
+            "health_listen",
+            &self.delivery.health_listen,
+        )
     }
 
     pub fn retry_schedule(&self) -> Result<RetrySchedule, SettingsError> {
-        self.delivery
-            .retry_schedule
-            .parse()
-            .map_err(|e: aioka_core::retry::ScheduleError| {
-                SettingsError::invalid("delivery", "retry_schedule", e.to_string())
-            })
+        aioka_runtime::settings::retry_schedule(&self.delivery.retry_schedule)
     }
 }

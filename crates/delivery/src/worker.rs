@@ -8,12 +8,12 @@ use aioka_core::messages::{DeliveryTask, Task};
 use aioka_core::retry::{AfterFailure, RetrySchedule};
 use aioka_queue::lapin::message::Delivery;
 use aioka_queue::{
-    Publisher, QueueError, Topology, extract_trace_context, inject_trace_context, persistent_json,
+    ConsumerSpec, Publisher, Topology, extract_trace_context, inject_trace_context,
+    persistent_json, run_consumer,
 };
 use aioka_runtime::Health;
 use aioka_store::{AttemptRecord, RecordKind};
 use chrono::Utc;
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -34,14 +34,6 @@ pub(crate) struct Worker {
     pub stopping: CancellationToken,
 }
 
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    #[error("the consumer was cancelled or its channel closed")]
-    Ended,
-}
-
 /// How one message ended.
 enum Done {
     Ack,
@@ -49,66 +41,25 @@ enum Done {
 }
 
 impl Worker {
-    /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
+    /// Consumes until `shutdown`, reconnecting when the broker goes away.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            let started = std::time::Instant::now();
-            match self.session(&shutdown).await {
-                Ok(()) => return,
-                Err(e) => {
-                    // A session that ran a while was healthy: start the backoff afresh.
-                    if started.elapsed() > Duration::from_secs(30) {
-                        backoff = Duration::from_millis(100);
-                    }
-                    self.health.set("amqp", false);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    async fn session(&self, shutdown: &CancellationToken) -> Result<(), SessionError> {
-        let connection = aioka_queue::connect(
-            &self.amqp_url,
-            &self.topology.connection_name("aioka-delivery"),
+        let spec = ConsumerSpec {
+            url: &self.amqp_url,
+            topology: &self.topology,
+            service: "aioka-delivery",
+            queue: self.topology.delivery_queue(),
+            prefetch: self.max_in_flight,
+        };
+        run_consumer(
+            spec,
+            &shutdown,
+            |up| self.health.set("amqp", up),
+            |publisher, delivery| {
+                let worker = self.clone();
+                async move { worker.process(&publisher, delivery).await }
+            },
         )
-        .await?;
-        let publisher = Publisher::new(&connection).await?;
-        self.topology.declare(publisher.channel()).await?;
-        let (channel, consumer) = aioka_queue::consume(
-            &connection,
-            &self.topology.delivery_queue(),
-            "aioka-delivery",
-            self.max_in_flight,
-        )
-        .await?;
-        self.health.set("amqp", true);
-        tracing::info!(queue = %self.topology.delivery_queue(), in_flight = self.max_in_flight, "consuming tasks");
-        consumer
-            .take_until(shutdown.cancelled())
-            .for_each_concurrent(usize::from(self.max_in_flight), |message| {
-                let publisher = &publisher;
-                async move {
-                    match message {
-                        Ok(delivery) => self.process(publisher, delivery).await,
-                        Err(e) => tracing::warn!(error = %e, "consumer error"),
-                    }
-                }
-            })
-            .await;
-        let _ = channel.close(200, "shutdown".into()).await;
-        let _ = connection.close(200, "shutdown".into()).await;
-        if shutdown.is_cancelled() {
-            Ok(())
-        } else {
-            Err(SessionError::Ended)
-        }
+        .await;
     }
 
     async fn process(&self, publisher: &Publisher, delivery: Delivery) {

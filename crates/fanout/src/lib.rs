@@ -32,18 +32,8 @@ pub async fn run(
         settings.retry_schedule()?.tiers(),
         settings.amqp.delivery_limit,
     );
-    let server = axum::serve(health_listener, health.router())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
-    let probe = store.clone();
-    health.watch(
-        "database",
-        move || {
-            let store = probe.clone();
-            async move { store.ping().await.is_ok() }
-        },
-        shutdown.clone(),
-    );
+    let server = health.serve(health_listener, shutdown.clone());
+    health.watch("database", store.readiness_probe(), shutdown.clone());
 
     let worker = worker::Worker {
         store,

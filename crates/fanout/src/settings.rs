@@ -60,18 +60,10 @@ impl Settings {
     }
 
     pub fn health_addr(&self) -> Result<SocketAddr, SettingsError> {
-        self.fanout
-            .health_listen
-            .parse()
-            .map_err(|e| SettingsError::invalid("fanout", "health_listen", format!("{e}")))
+        aioka_runtime::settings::socket_addr("fanout", "health_listen", &self.fanout.health_listen)
     }
 
     pub fn retry_schedule(&self) -> Result<RetrySchedule, SettingsError> {
-        self.delivery
-            .retry_schedule
-            .parse()
-            .map_err(|e: aioka_core::retry::ScheduleError| {
-                SettingsError::invalid("delivery", "retry_schedule", e.to_string())
-            })
+        aioka_runtime::settings::retry_schedule(&self.delivery.retry_schedule)
     }
 }

@@ -7,12 +7,11 @@ use aioka_core::messages::{DeliveryTask, Task};
 use aioka_core::{DeliveryId, WebhookId};
 use aioka_queue::lapin::message::Delivery;
 use aioka_queue::{
-    DELIVERY_KEY, Publisher, QueueError, Topology, extract_trace_context, header_str,
-    inject_trace_context, persistent_json,
+    ConsumerSpec, DELIVERY_KEY, Publisher, QueueError, Topology, extract_trace_context, header_str,
+    inject_trace_context, persistent_json, run_consumer,
 };
 use aioka_runtime::Health;
 use aioka_store::{Claim, EventSource, NewEvent, Store, StoreError};
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -30,15 +29,6 @@ pub(crate) struct Worker {
     pub health: Health,
 }
 
-/// Why a broker session ended.
-#[derive(Debug, thiserror::Error)]
-enum SessionError {
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    #[error("the consumer was cancelled or its channel closed")]
-    Ended,
-}
-
 /// A failure worth trying again: the database or the broker.
 #[derive(Debug, thiserror::Error)]
 enum Transient {
@@ -49,66 +39,25 @@ enum Transient {
 }
 
 impl Worker {
-    /// Consumes until `shutdown`, reconnecting with backoff when the broker goes away.
+    /// Consumes until `shutdown`, reconnecting when the broker goes away.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            let started = std::time::Instant::now();
-            match self.session(&shutdown).await {
-                Ok(()) => return,
-                Err(e) => {
-                    // A session that ran a while was healthy: start the backoff afresh.
-                    if started.elapsed() > Duration::from_secs(30) {
-                        backoff = Duration::from_millis(100);
-                    }
-                    self.health.set("amqp", false);
-                    tracing::warn!(error = %e, retry_in = ?backoff, "broker session ended");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    async fn session(&self, shutdown: &CancellationToken) -> Result<(), SessionError> {
-        let connection = aioka_queue::connect(
-            &self.settings.amqp.url,
-            &self.topology.connection_name("aioka-fanout"),
+        let spec = ConsumerSpec {
+            url: &self.settings.amqp.url,
+            topology: &self.topology,
+            service: "aioka-fanout",
+            queue: self.topology.fanout_queue(),
+            prefetch: self.settings.fanout.prefetch,
+        };
+        run_consumer(
+            spec,
+            &shutdown,
+            |up| self.health.set("amqp", up),
+            |publisher, delivery| {
+                let shutdown = &shutdown;
+                async move { self.process(&publisher, delivery, shutdown).await }
+            },
         )
-        .await?;
-        let publisher = Publisher::new(&connection).await?;
-        self.topology.declare(publisher.channel()).await?;
-        let (channel, consumer) = aioka_queue::consume(
-            &connection,
-            &self.topology.fanout_queue(),
-            "aioka-fanout",
-            self.settings.fanout.prefetch,
-        )
-        .await?;
-        self.health.set("amqp", true);
-        tracing::info!(queue = %self.topology.fanout_queue(), "consuming events");
-        consumer
-            .take_until(shutdown.cancelled())
-            .for_each_concurrent(usize::from(self.settings.fanout.prefetch), |message| {
-                let publisher = &publisher;
-                async move {
-                    match message {
-                        Ok(delivery) => self.process(publisher, delivery, shutdown).await,
-                        Err(e) => tracing::warn!(error = %e, "consumer error"),
-                    }
-                }
-            })
-            .await;
-        let _ = channel.close(200, "shutdown".into()).await;
-        let _ = connection.close(200, "shutdown".into()).await;
-        if shutdown.is_cancelled() {
-            Ok(())
-        } else {
-            Err(SessionError::Ended)
-        }
+        .await;
     }
 
     /// Handles one message to the end: fanned out, recognised as a duplicate, or parked.

@@ -47,15 +47,7 @@ pub async fn run(
         topology,
     ));
     let health = Health::new(&["database", "amqp"]);
-    let probe = store.clone();
-    health.watch(
-        "database",
-        move || {
-            let store = probe.clone();
-            async move { store.ping().await.is_ok() }
-        },
-        shutdown.clone(),
-    );
+    health.watch("database", store.readiness_probe(), shutdown.clone());
     let probe = publisher.clone();
     health.watch(
         "amqp",

@@ -68,18 +68,10 @@ impl Settings {
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, SettingsError> {
-        self.gateway
-            .listen
-            .parse()
-            .map_err(|e| SettingsError::invalid("gateway", "listen", format!("{e}")))
+        aioka_runtime::settings::socket_addr("gateway", "listen", &self.gateway.listen)
     }
 
     pub fn retry_schedule(&self) -> Result<aioka_core::retry::RetrySchedule, SettingsError> {
-        self.delivery
-            .retry_schedule
-            .parse()
-            .map_err(|e: aioka_core::retry::ScheduleError| {
-                SettingsError::invalid("delivery", "retry_schedule", e.to_string())
-            })
+        aioka_runtime::settings::retry_schedule(&self.delivery.retry_schedule)
     }
 }

@@ -1,11 +1,17 @@
 //! Consuming, acknowledging and parking.
 
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{Channel, Connection, Consumer};
 
-use crate::{PARK_REASON_HEADER, PARK_SOURCE_HEADER, Publisher, QueueError, Topology};
+use tokio_util::sync::CancellationToken;
+
+use crate::{PARK_REASON_HEADER, PARK_SOURCE_HEADER, Publisher, QueueError, Topology, connect};
 
 /// Opens a channel with `prefetch` unacknowledged messages at most, and consumes `queue`.
 /// The prefetch is the bound on work in flight: the broker sends no more until we ack.
@@ -86,4 +92,98 @@ pub async fn park(
     metrics::counter!("aioka_messages_parked_total", "source" => source.to_owned()).increment(1);
     ack(delivery).await;
     Ok(())
+}
+
+/// What [`run_consumer`] consumes, and as whom.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec<'a> {
+    pub url: &'a str,
+    pub topology: &'a Topology,
+    /// The service name, for the connection name and consumer tag.
+    pub service: &'a str,
+    pub queue: String,
+    /// Messages in flight at most: the broker sends no more until one is acked.
+    pub prefetch: u16,
+}
+
+/// Why a broker session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("the consumer was cancelled or its channel closed")]
+    Ended,
+}
+
+/// Consumes `spec.queue` until `shutdown`: connects, declares the topology, and hands every
+/// message to `handle` with a confirm-mode publisher, `spec.prefetch` at a time. When the
+/// broker goes away it reconnects with backoff (100 ms doubling to 5 s, restarting after a
+/// healthy session); `connected` is told each change, for readiness. On shutdown it stops
+/// taking messages, lets the ones in hand finish, and closes the connection.
+pub async fn run_consumer<H, Fut>(
+    spec: ConsumerSpec<'_>,
+    shutdown: &CancellationToken,
+    connected: impl Fn(bool),
+    handle: H,
+) where
+    H: Fn(Publisher, Delivery) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        match session(&spec, shutdown, &connected, &handle).await {
+            Ok(()) => return,
+            Err(e) => {
+                connected(false);
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(100);
+                }
+                tracing::warn!(error = %e, retry_in = ?backoff, queue = %spec.queue, "broker session ended");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn session<H, Fut>(
+    spec: &ConsumerSpec<'_>,
+    shutdown: &CancellationToken,
+    connected: &impl Fn(bool),
+    handle: &H,
+) -> Result<(), SessionError>
+where
+    H: Fn(Publisher, Delivery) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let connection = connect(spec.url, &spec.topology.connection_name(spec.service)).await?;
+    let publisher = Publisher::new(&connection).await?;
+    spec.topology.declare(publisher.channel()).await?;
+    let (channel, consumer) =
+        consume(&connection, &spec.queue, spec.service, spec.prefetch).await?;
+    connected(true);
+    tracing::info!(queue = %spec.queue, prefetch = spec.prefetch, "consuming");
+    consumer
+        .take_until(shutdown.cancelled())
+        .for_each_concurrent(usize::from(spec.prefetch), |message| {
+            let publisher = publisher.clone();
+            async move {
+                match message {
+                    Ok(delivery) => handle(publisher, delivery).await,
+                    Err(e) => tracing::warn!(error = %e, "consumer error"),
+                }
+            }
+        })
+        .await;
+    let _ = channel.close(200, "shutdown".into()).await;
+    let _ = connection.close(200, "shutdown".into()).await;
+    if shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        Err(SessionError::Ended)
+    }
 }

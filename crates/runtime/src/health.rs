@@ -73,6 +73,18 @@ impl Health {
         });
     }
 
+    /// Serves [`Health::router`] alone on `listener` until `shutdown` (fanout and delivery,
+    /// which have no other HTTP surface).
+    pub fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        let server =
+            axum::serve(listener, self.router()).with_graceful_shutdown(shutdown.cancelled_owned());
+        tokio::spawn(async move { server.await })
+    }
+
     /// `/healthz`, `/readyz` and `/metrics`, to merge into a service's router or serve alone.
     pub fn router(&self) -> Router {
         Router::new()

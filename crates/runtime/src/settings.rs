@@ -66,6 +66,24 @@ fn humantime_duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("'{text}' is not a duration like 300ms, 5s, 2m"))
 }
 
+/// Parses an address setting such as `gateway.listen`.
+pub fn socket_addr(
+    section: &str,
+    key: &str,
+    text: &str,
+) -> Result<std::net::SocketAddr, SettingsError> {
+    text.parse()
+        .map_err(|e| SettingsError::invalid(section, key, format!("'{text}': {e}")))
+}
+
+/// Parses `delivery.retry_schedule`, which every service needs: the schedule's tiers are queues
+/// in the topology each of them declares.
+pub fn retry_schedule(text: &str) -> Result<aioka_core::retry::RetrySchedule, SettingsError> {
+    text.parse().map_err(|e: aioka_core::retry::ScheduleError| {
+        SettingsError::invalid("delivery", "retry_schedule", e.to_string())
+    })
+}
+
 /// `[security]`: shared by the gateway, the delivery service and the CLI.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

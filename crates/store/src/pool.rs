@@ -81,6 +81,17 @@ impl Store {
         Ok(())
     }
 
+    /// A readiness probe (for `Health::watch`): does the database answer?
+    pub fn readiness_probe(
+        &self,
+    ) -> impl Fn() -> std::pin::Pin<Box<dyn Future<Output = bool> + Send>> + Send + 'static {
+        let store = self.clone();
+        move || {
+            let store = store.clone();
+            Box::pin(async move { store.ping().await.is_ok() })
+        }
+    }
+
     /// Applies every migration not yet applied, holding an advisory lock so concurrent
     /// callers (several pods starting together) take turns.
     #[tracing::instrument(skip_all)]
