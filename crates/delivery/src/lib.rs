@@ -42,14 +42,14 @@ pub async fn run(
 
     // Background parts outlive the consumer so in-flight work can finish recording.
     let background = CancellationToken::new();
-    let d = &settings.delivery;
+    let d = settings.delivery.clone();
     let cache = cache::Cache::start(store.clone(), key, d.cache_ttl, background.clone());
     tokio::spawn(
         cache
             .clone()
             .follow_changes(settings.database.clone(), background.clone()),
     );
-    let recorder = recorder::Recorder::start(
+    let (recorder, writer) = recorder::Recorder::start(
         store,
         cache.clone(),
         DisableRule {
@@ -59,6 +59,25 @@ pub async fn run(
         d.record_flush_interval,
         background.clone(),
     );
+    let topology = Topology::new(
+        &settings.amqp.prefix,
+        schedule.tiers(),
+        settings.amqp.delivery_limit,
+    );
+    let mut sampled = vec![topology.delivery_queue(), topology.parking_queue()];
+    sampled.extend(
+        schedule
+            .tiers()
+            .into_iter()
+            .map(|t| topology.retry_queue(t)),
+    );
+    tokio::spawn(aioka_queue::sample_queue_depth(
+        settings.amqp.url.clone(),
+        topology.connection_name("aioka-delivery-metrics"),
+        sampled,
+        std::time::Duration::from_secs(5),
+        background.clone(),
+    ));
     let worker = Arc::new(worker::Worker {
         amqp_url: settings.amqp.url.clone(),
         topology: Topology::new(
@@ -68,13 +87,23 @@ pub async fn run(
         ),
         schedule,
         max_in_flight: d.max_in_flight,
+        grace: d.shutdown_grace,
         cache,
-        sender: client::Sender::new(d, settings.security.allow_private_targets)?,
+        sender: client::Sender::new(&d, settings.security.allow_private_targets)?,
         recorder,
         health,
         stopping: shutdown.clone(),
     });
     worker.run(shutdown.clone()).await;
+    // The worker was the last holder of the recorder: the writer now flushes what is queued
+    // and ends. Database trouble gets the grace period, then we give up (the tasks were not
+    // acked, so they are redelivered).
+    if tokio::time::timeout(d.shutdown_grace, writer)
+        .await
+        .is_err()
+    {
+        tracing::warn!("attempt records still unwritten after the grace period");
+    }
     background.cancel();
     shutdown.cancel();
     server.await??;

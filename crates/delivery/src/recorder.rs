@@ -29,9 +29,9 @@ impl Recorder {
         batch_size: usize,
         flush_interval: Duration,
         shutdown: CancellationToken,
-    ) -> Self {
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(batch_size.max(1) * 4);
-        tokio::spawn(write_loop(
+        let writer = tokio::spawn(write_loop(
             store,
             cache,
             rule,
@@ -40,10 +40,11 @@ impl Recorder {
             rx,
             shutdown,
         ));
-        Self { tx }
+        (Self { tx }, writer)
     }
 
-    /// Queues `record` and waits until it is committed.
+    /// Queues `record` and waits until it is committed. The writer ends, after writing
+    /// everything queued, when the last `Recorder` is dropped.
     pub async fn record(&self, record: AttemptRecord) -> Result<(), NotRecorded> {
         let (done, wait) = oneshot::channel();
         self.tx
@@ -85,7 +86,13 @@ async fn write_loop(
                     .record(records.len() as f64);
                 for d in disabled {
                     cache.invalidate(d.webhook_id);
-                    metrics::counter!("aioka_webhooks_disabled_total").increment(1);
+                    let reason = if d.reason.contains("410") {
+                        "gone"
+                    } else {
+                        "consecutive_failures"
+                    };
+                    metrics::counter!("aioka_webhooks_disabled_total", "reason" => reason)
+                        .increment(1);
                     tracing::warn!(webhook_id = %d.webhook_id, reason = %d.reason, "webhook disabled");
                 }
                 for reply in replies {

@@ -25,6 +25,8 @@ pub struct Settings {
 pub struct DeliverySettings {
     pub health_listen: String,
     #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
@@ -62,6 +64,12 @@ impl Settings {
             return invalid(
                 "connect_timeout",
                 "must be more than 0 and at most delivery.timeout",
+            );
+        }
+        if d.shutdown_grace < d.timeout {
+            return invalid(
+                "shutdown_grace",
+                "must be at least delivery.timeout, or attempts are cut off",
             );
         }
         if d.disable_after == 0 {

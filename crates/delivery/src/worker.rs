@@ -26,6 +26,7 @@ pub(crate) struct Worker {
     pub topology: Topology,
     pub schedule: RetrySchedule,
     pub max_in_flight: u16,
+    pub grace: Duration,
     pub cache: Cache,
     pub sender: Sender,
     pub recorder: Recorder,
@@ -49,6 +50,7 @@ impl Worker {
             service: "aioka-delivery",
             queue: self.topology.delivery_queue(),
             prefetch: self.max_in_flight,
+            grace: self.grace,
         };
         run_consumer(
             spec,
@@ -148,10 +150,18 @@ impl Worker {
         metrics::histogram!("aioka_delivery_attempt_seconds").record(result.latency.as_secs_f64());
 
         let mut next_retry_at = None;
+        let mut outcome = match result.outcome {
+            Outcome::Success => "succeeded",
+            Outcome::Gone => "gone",
+            Outcome::Failure => "exhausted",
+        };
         if result.outcome == Outcome::Failure
             && let AfterFailure::Retry { delay, tier } =
                 self.schedule.after_failure(task.attempt_in_series())
         {
+            outcome = "retry_scheduled";
+            metrics::counter!("aioka_delivery_retries_total", "tier" => tier.to_string())
+                .increment(1);
             let next = Task::V1(task.next_attempt());
             let props =
                 persistent_json(Some(&task.delivery_id.to_string()), inject_trace_context());
@@ -193,7 +203,10 @@ impl Worker {
             },
         };
         match self.recorder.record(record).await {
-            Ok(()) => Done::Ack,
+            Ok(()) => {
+                metrics::counter!("aioka_deliveries_total", "outcome" => outcome).increment(1);
+                Done::Ack
+            }
             Err(_) => Done::Requeue,
         }
     }
@@ -201,7 +214,7 @@ impl Worker {
     /// Drops a task without sending and records why.
     async fn skip(&self, task: &DeliveryTask, reason: &'static str) -> Done {
         tracing::info!(reason, "task skipped");
-        metrics::counter!("aioka_delivery_skipped_total").increment(1);
+        metrics::counter!("aioka_deliveries_total", "outcome" => "skipped").increment(1);
         let record = AttemptRecord {
             delivery_id: task.delivery_id,
             event_id: task.event_id,

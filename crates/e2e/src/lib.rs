@@ -1,3 +1,296 @@
-//! End-to-end tests live in `tests/it`: the three services run in one process, each through
-//! its real `run`, against the machine's RabbitMQ and PostgreSQL and real HTTPS receivers.
+//! The harness of the end-to-end tests (`tests/`): gateway, fanout and delivery, each through
+//! its real `run`, with a database and a broker prefix of their own, delivering to real HTTPS
+//! receivers that check signatures the way a customer would.
 #![forbid(unsafe_code)]
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
+
+use std::time::Duration;
+
+use aioka_core::KeyKind;
+use aioka_core::tier::Tier;
+use aioka_store::NewKey;
+use aioka_testkit::{Receiver, TestBroker, TestCa, TestDb, TestEnv};
+use reqwest::{Client, Response};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long a test waits for something that should happen; generous, never a timing claim.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+#[derive(Debug)]
+pub struct System {
+    pub gateway: String,
+    /// The admin addresses of gateway, fanout and delivery, in that order.
+    pub admins: Vec<String>,
+    pub client: Client,
+    pub ca: TestCa,
+    pub env: TestEnv,
+    pub db: TestDb,
+    pub broker: TestBroker,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Options for one system under test.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub schedule: &'static str,
+    /// Settings for the delivery service only (applied after the shared ones).
+    pub delivery_env: Vec<(&'static str, String)>,
+    /// Settings for every service.
+    pub env: Vec<(&'static str, String)>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            schedule: "200ms,400ms,600ms",
+            delivery_env: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+impl System {
+    pub async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Self {
+        aioka_testkit::init_logs();
+        let db = TestDb::new().await;
+        let broker = TestBroker::new(options.schedule);
+        let ca = TestCa::new();
+        let mut env = TestEnv::new(&db, Some(&broker));
+        env.set(
+            "AIOKA__DELIVERY__EXTRA_ROOT_CERTS",
+            ca.pem_path.to_str().unwrap(),
+        );
+        env.set("AIOKA__DELIVERY__TIMEOUT", "3s");
+        env.set("AIOKA__DELIVERY__CONNECT_TIMEOUT", "2s");
+        env.set("AIOKA__DELIVERY__RECORD_FLUSH_INTERVAL", "10ms");
+        env.set("AIOKA__FANOUT__CHUNK_SIZE", "7");
+        for (k, v) in &options.env {
+            env.set(k, v);
+        }
+        let mut delivery_env = env.clone();
+        for (k, v) in &options.delivery_env {
+            delivery_env.set(k, v);
+        }
+        let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gateway = format!("http://{}", api.local_addr().unwrap());
+        let mut admins = vec![format!("http://{}", admin.local_addr().unwrap())];
+        tasks.push(tokio::spawn(aioka_gateway::run(
+            env.load(),
+            aioka_gateway::Listeners { api, admin },
+            shutdown.clone(),
+        )));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        admins.push(format!("http://{}", listener.local_addr().unwrap()));
+        tasks.push(tokio::spawn(aioka_fanout::run(
+            env.load(),
+            listener,
+            shutdown.clone(),
+        )));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        admins.push(format!("http://{}", listener.local_addr().unwrap()));
+        tasks.push(tokio::spawn(aioka_delivery::run(
+            delivery_env.load(),
+            listener,
+            shutdown.clone(),
+        )));
+        let system = Self {
+            gateway,
+            admins,
+            client: aioka_testkit::http_client(),
+            ca,
+            env,
+            db,
+            broker,
+            shutdown,
+            tasks,
+        };
+        system.wait_ready().await;
+        system
+    }
+
+    /// Waits until every service reports the broker and database ready (each declares the
+    /// topology as it connects).
+    pub async fn wait_ready(&self) {
+        for admin in &self.admins {
+            let mut ready = false;
+            for _ in 0..400 {
+                if let Ok(r) = self.client.get(format!("{admin}/readyz")).send().await
+                    && r.status() == 200
+                {
+                    ready = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(ready, "{admin} never became ready");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway)
+    }
+
+    pub async fn receiver(&self) -> Receiver {
+        Receiver::start(&self.ca).await
+    }
+
+    async fn key(&self, kind: KeyKind, tier: Option<Tier>) -> String {
+        let key = aioka_core::ApiKey::generate(kind);
+        self.db
+            .store
+            .insert_key(&NewKey {
+                name: "e2e",
+                kind,
+                tier,
+                key: &key,
+            })
+            .await
+            .unwrap();
+        key.expose().to_owned()
+    }
+
+    pub async fn customer(&self) -> String {
+        self.key(KeyKind::Customer, Some(Tier::Basic)).await
+    }
+
+    pub async fn producer(&self) -> String {
+        self.key(KeyKind::Producer, None).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .header("X-API-Key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str, key: &str) -> Value {
+        let response = self
+            .client
+            .get(self.url(path))
+            .header("X-API-Key", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.unwrap()
+    }
+
+    /// Registers a webhook; returns its id and secret.
+    pub async fn register(&self, key: &str, url: &str, events: &[&str]) -> (String, String) {
+        let response = self
+            .post("/v1/webhooks", key, &json!({"url": url, "events": events}))
+            .await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        let body: Value = response.json().await.unwrap();
+        (
+            body["id"].as_str().unwrap().to_owned(),
+            body["secret"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// Publishes an event as a producer; returns its id.
+    pub async fn publish(&self, producer: &str, body: Value) -> String {
+        let response = self.post("/v1/events", producer, &body).await;
+        assert_eq!(response.status(), 202, "{}", response.text().await.unwrap());
+        let body: Value = response.json().await.unwrap();
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn webhook(&self, key: &str, id: &str) -> Value {
+        self.get_json(&format!("/v1/webhooks/{id}"), key).await
+    }
+
+    pub async fn deliveries(&self, key: &str, webhook: &str) -> Value {
+        self.get_json(&format!("/v1/webhooks/{webhook}/deliveries"), key)
+            .await
+    }
+
+    /// Polls the delivery log until `check` holds for the newest delivery, or fails the test.
+    pub async fn wait_for_delivery(
+        &self,
+        key: &str,
+        webhook: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let log = self.deliveries(key, webhook).await;
+            if let Some(newest) = log["data"].get(0)
+                && check(newest)
+            {
+                return newest.clone();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the delivery log never reached the expected state: {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls a webhook until `check` holds.
+    pub async fn wait_for_webhook(
+        &self,
+        key: &str,
+        id: &str,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let webhook = self.webhook(key, id).await;
+            if check(&webhook) {
+                return webhook;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the webhook never reached the expected state: {webhook}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        for task in self.tasks.drain(..) {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The seed page's verdict.new payload.
+pub fn verdict(timestamp: Option<&str>) -> Value {
+    let mut body = json!({
+        "event": "verdict.new",
+        "data": {"ruling": "STRONG_BUY", "composite_score": 0.82, "confidence": 0.79, "regime": "BULL_TRENDING"}
+    });
+    if let Some(ts) = timestamp {
+        body["timestamp"] = json!(ts);
+    }
+    body
+}
+
+/// A valid event of `event_type` (its schema's example).
+pub fn sample(event_type: aioka_core::event::EventType) -> Value {
+    json!({"event": event_type.as_str(), "data": event_type.sample_data()})
+}

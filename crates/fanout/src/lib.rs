@@ -35,6 +35,13 @@ pub async fn run(
     let server = health.serve(health_listener, shutdown.clone());
     health.watch("database", store.readiness_probe(), shutdown.clone());
 
+    tokio::spawn(aioka_queue::sample_queue_depth(
+        settings.amqp.url.clone(),
+        topology.connection_name("aioka-fanout-metrics"),
+        vec![topology.fanout_queue()],
+        std::time::Duration::from_secs(5),
+        shutdown.clone(),
+    ));
     let worker = worker::Worker {
         store,
         topology,

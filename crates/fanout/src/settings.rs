@@ -2,9 +2,11 @@
 //! schedule of `[delivery]` (to declare the same topology as the other services).
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use aioka_core::retry::RetrySchedule;
 use aioka_queue::AmqpSettings;
+use aioka_runtime::settings::duration;
 use aioka_runtime::{SettingsError, TelemetrySettings};
 use aioka_store::DatabaseSettings;
 use serde::Deserialize;
@@ -22,6 +24,8 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct FanoutSettings {
     pub health_listen: String,
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
     pub prefetch: u16,
     pub chunk_size: u32,
 }

@@ -47,6 +47,7 @@ impl Worker {
             service: "aioka-fanout",
             queue: self.topology.fanout_queue(),
             prefetch: self.settings.fanout.prefetch,
+            grace: self.settings.fanout.shutdown_grace,
         };
         run_consumer(
             spec,

@@ -87,16 +87,9 @@ fn routes() -> Routes {
         .add("/v1/events", &[Method::POST], post(events::ingest))
 }
 
-/// Every (method, path) the gateway serves, including the health endpoints.
+/// Every (method, path) the public API serves (the admin endpoints are on their own port).
 pub fn route_table() -> Vec<RouteSpec> {
-    let mut table = routes().table;
-    for path in ["/healthz", "/readyz", "/metrics"] {
-        table.push(RouteSpec {
-            method: Method::GET,
-            path,
-        });
-    }
-    table
+    routes().table
 }
 
 /// The whole application.
@@ -107,7 +100,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone());
-    api.merge(state.health.router()).layer(
+    api.layer(
         ServiceBuilder::new()
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(TraceLayer::new_for_http())

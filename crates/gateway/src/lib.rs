@@ -14,6 +14,7 @@ pub mod settings;
 mod state;
 mod webhooks;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 
 use aioka_queue::{SharedPublisher, Topology};
@@ -25,12 +26,30 @@ use tokio_util::sync::CancellationToken;
 pub use app::{RouteSpec, route_table};
 pub use settings::Settings;
 
+/// The gateway's two listeners: the public API and the admin endpoints.
+#[derive(Debug)]
+pub struct Listeners {
+    pub api: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses in `settings`.
+    pub async fn bind(settings: &Settings) -> anyhow::Result<Self> {
+        Ok(Self {
+            api: TcpListener::bind(settings.listen_addr()?).await?,
+            admin: TcpListener::bind(settings.admin_addr()?).await?,
+        })
+    }
+}
+
 use crate::state::AppState;
 
-/// Serves the API on `listener` until `shutdown` is cancelled, then drains open requests.
+/// Serves the API and the admin endpoints until `shutdown` is cancelled, then lets open
+/// requests finish within `gateway.shutdown_grace`.
 pub async fn run(
     settings: Settings,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     settings.validate()?;
@@ -66,10 +85,24 @@ pub async fn run(
         allow_private_targets: settings.security.allow_private_targets,
         health,
     };
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, app::router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    tracing::info!(
+        addr = %listeners.api.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        "gateway listening"
+    );
+    let admin = state.health.serve(listeners.admin, shutdown.clone());
+    let grace = settings.gateway.shutdown_grace;
+    let api = axum::serve(listeners.api, app::router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    tokio::pin!(api);
+    tokio::select! {
+        result = &mut api => result?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(?grace, "requests still open after the grace period; exiting");
+        }
+    }
+    admin.await??;
     tracing::info!("gateway stopped");
     Ok(())
 }

@@ -1,13 +1,13 @@
 //! `aioka-gateway`: loads settings and telemetry, binds the listener, runs until SIGTERM.
 #![forbid(unsafe_code)]
 
-use aioka_gateway::{Settings, run};
+use aioka_gateway::{Listeners, Settings, run};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     let _telemetry = aioka_runtime::telemetry::init("aioka-gateway", &settings.telemetry)
         .map_err(|e| anyhow::anyhow!("telemetry: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(settings.listen_addr()?).await?;
-    run(settings, listener, aioka_runtime::shutdown_on_signal()).await
+    let listeners = Listeners::bind(&settings).await?;
+    run(settings, listeners, aioka_runtime::shutdown_on_signal()).await
 }

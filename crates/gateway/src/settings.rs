@@ -24,6 +24,9 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct GatewaySettings {
     pub listen: String,
+    pub admin_listen: String,
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
     pub max_body_bytes: usize,
     pub max_webhooks_per_key: u32,
     #[serde(deserialize_with = "duration")]
@@ -49,6 +52,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.security.encryption_key()?;
         self.listen_addr()?;
+        self.admin_addr()?;
         if self.gateway.max_body_bytes < 1024 {
             return Err(SettingsError::invalid(
                 "gateway",
@@ -65,6 +69,10 @@ impl Settings {
         }
         self.retry_schedule()?;
         Ok(())
+    }
+
+    pub fn admin_addr(&self) -> Result<SocketAddr, SettingsError> {
+        aioka_runtime::settings::socket_addr("gateway", "admin_listen", &self.gateway.admin_listen)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, SettingsError> {

@@ -104,6 +104,8 @@ pub struct ConsumerSpec<'a> {
     pub queue: String,
     /// Messages in flight at most: the broker sends no more until one is acked.
     pub prefetch: u16,
+    /// On shutdown, how long messages in hand may take; the rest go back to the queue.
+    pub grace: Duration,
 }
 
 /// Why a broker session ended.
@@ -167,7 +169,7 @@ where
         consume(&connection, &spec.queue, spec.service, spec.prefetch).await?;
     connected(true);
     tracing::info!(queue = %spec.queue, prefetch = spec.prefetch, "consuming");
-    consumer
+    let work = consumer
         .take_until(shutdown.cancelled())
         .for_each_concurrent(usize::from(spec.prefetch), |message| {
             let publisher = publisher.clone();
@@ -177,13 +179,78 @@ where
                     Err(e) => tracing::warn!(error = %e, "consumer error"),
                 }
             }
-        })
-        .await;
+        });
+    tokio::pin!(work);
+    tokio::select! {
+        _ = &mut work => {}
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(spec.grace).await } => {
+            // Closing the channel hands every unacknowledged message back to the queue.
+            tracing::warn!(grace = ?spec.grace, "messages still in hand after the grace period; handing them back");
+        }
+    }
     let _ = channel.close(200, "shutdown".into()).await;
     let _ = connection.close(200, "shutdown".into()).await;
     if shutdown.is_cancelled() {
         Ok(())
     } else {
         Err(SessionError::Ended)
+    }
+}
+
+/// Samples the depth and consumer count of `queues` every `every` into the gauges
+/// `aioka_queue_messages{queue}` and `aioka_queue_consumers{queue}` (consumer lag, as RabbitMQ
+/// reports it), until `shutdown`. Uses a connection of its own and passive declares only.
+pub async fn sample_queue_depth(
+    url: String,
+    name: String,
+    queues: Vec<String>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    // The first sample waits one period, by when the services have declared their queues.
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut live: Option<(lapin::Connection, lapin::Channel)> = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if live
+            .as_ref()
+            .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
+        {
+            live = match connect(&url, &name).await {
+                Ok(c) => match c.create_channel().await {
+                    Ok(ch) => Some((c, ch)),
+                    Err(_) => None,
+                },
+                Err(_) => None,
+            };
+        }
+        let Some((_, channel)) = live.as_ref() else {
+            continue;
+        };
+        for queue in &queues {
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..lapin::options::QueueDeclareOptions::default()
+            };
+            match channel
+                .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                Ok(q) => {
+                    metrics::gauge!("aioka_queue_messages", "queue" => queue.clone())
+                        .set(f64::from(q.message_count()));
+                    metrics::gauge!("aioka_queue_consumers", "queue" => queue.clone())
+                        .set(f64::from(q.consumer_count()));
+                }
+                Err(_) => {
+                    // A failed passive declare closes the channel; reconnect next tick.
+                    live = None;
+                    break;
+                }
+            }
+        }
     }
 }

@@ -109,23 +109,24 @@ async fn unknown_routes_and_methods_get_json_errors() {
 }
 
 #[tokio::test]
-async fn health_endpoints_answer() {
+async fn admin_endpoints_answer_on_their_own_port_only() {
     let app = App::spawn().await;
+    let admin = |path: &str| format!("{}{path}", app.admin_base);
     assert_eq!(
         app.client
-            .get(app.url("/healthz"))
+            .get(admin("/healthz"))
             .send()
             .await
             .unwrap()
             .status(),
         200
     );
-    // The database probe runs at start; readiness follows within a moment.
+    // The probes run at start; readiness follows within a moment.
     let mut ready = false;
-    for _ in 0..50 {
+    for _ in 0..100 {
         if app
             .client
-            .get(app.url("/readyz"))
+            .get(admin("/readyz"))
             .send()
             .await
             .unwrap()
@@ -138,9 +139,11 @@ async fn health_endpoints_answer() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(ready, "/readyz never became ready");
+    let key = app.customer(Tier::Basic).await;
+    app.get("/v1/webhooks", &key).await;
     let metrics = app
         .client
-        .get(app.url("/metrics"))
+        .get(admin("/metrics"))
         .send()
         .await
         .unwrap()
@@ -151,5 +154,9 @@ async fn health_endpoints_answer() {
         metrics.contains("aioka_gateway_requests_total"),
         "{metrics}"
     );
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = app.client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path} must not be on the public API");
+    }
     app.stop().await;
 }

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub struct App {
     pub base: String,
+    pub admin_base: String,
     pub client: Client,
     pub db: TestDb,
     pub broker: TestBroker,
@@ -39,12 +40,19 @@ impl App {
         let mut env = TestEnv::new(&db, Some(&broker));
         configure(&mut env);
         let settings: Settings = env.load();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", api.local_addr().unwrap());
+        let admin_base = format!("http://{}", admin.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(aioka_gateway::run(settings, listener, shutdown.clone()));
+        let handle = tokio::spawn(aioka_gateway::run(
+            settings,
+            aioka_gateway::Listeners { api, admin },
+            shutdown.clone(),
+        ));
         Self {
             base,
+            admin_base,
             client: aioka_testkit::http_client(),
             db,
             broker,
