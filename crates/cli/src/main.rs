@@ -51,6 +51,11 @@ enum ParkingCommand {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+    /// Delete every parked message. Needs --yes.
+    Purge {
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -162,6 +167,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             ParkingCommand::Replay { limit } => {
                 parking::replay(&settings.amqp.url, &topology, *limit).await
+            }
+            ParkingCommand::Purge { yes: false } => {
+                bail!("purge deletes every parked message for good; add --yes to confirm")
+            }
+            ParkingCommand::Purge { yes: true } => {
+                parking::purge(&settings.amqp.url, &topology).await
             }
         };
     }

@@ -134,3 +134,19 @@ pub async fn replay(url: &str, topology: &Topology, limit: usize) -> anyhow::Res
     eprintln!("{replayed} replayed, {kept} of unknown origin left parked");
     Ok(())
 }
+
+/// Deletes every parked message (after they have been read, or judged worthless).
+pub async fn purge(url: &str, topology: &Topology) -> anyhow::Result<()> {
+    let connection = aioka_queue::connect(url, "aioka-cli").await?;
+    let channel = connection.create_channel().await?;
+    let purged = channel
+        .queue_purge(
+            topology.parking_queue().as_str().into(),
+            aioka_queue::lapin::options::QueuePurgeOptions::default(),
+        )
+        .await
+        .context("purging the parking queue")?;
+    connection.close(200, "purged".into()).await?;
+    eprintln!("{purged} parked message(s) deleted");
+    Ok(())
+}
