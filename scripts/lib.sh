@@ -107,6 +107,19 @@ db_admin_url() {
   die "cannot log in to PostgreSQL as postgres without a password; set AIOKA_DB_ADMIN_URL to a role that may create databases."
 }
 
+# Schemathesis (PyPI), for the gateway's fuzz test, in a venv of the project's own.
+SCHEMATHESIS_VERSION=4.32.5
+ensure_fuzz_tools() {
+  local venv="$RUN/tools/fuzz"
+  if [ ! -x "$venv/bin/schemathesis" ] || ! "$venv/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    say "installing schemathesis $SCHEMATHESIS_VERSION into .run/tools/fuzz"
+    python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv && python3 -m venv "$venv"; } ||
+      die "python3 -m venv failed; install python3-venv"
+    "$venv/bin/pip" install -q "schemathesis==$SCHEMATHESIS_VERSION" >&2 || die "could not install schemathesis from PyPI"
+  fi
+  export AIOKA_SCHEMATHESIS="$venv/bin/schemathesis"
+}
+
 ensure_psql() {
   have psql || apt_install postgresql-client || die "psql is needed (package postgresql-client)."
 }

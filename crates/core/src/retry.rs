@@ -111,6 +111,47 @@ impl RetrySchedule {
             _ => AfterFailure::GiveUp,
         }
     }
+
+    /// As [`RetrySchedule::after_failure`], honouring a receiver's `Retry-After` within the
+    /// tiers that exist: when the receiver asks for longer than the scheduled delay, the retry
+    /// goes through the shortest tier at least that long (or the longest tier there is). It
+    /// never retries sooner than scheduled, and never adds an attempt.
+    pub fn after_failure_with_hint(
+        &self,
+        attempt_in_series: u32,
+        retry_after: Option<Duration>,
+    ) -> AfterFailure {
+        let decision = self.after_failure(attempt_in_series);
+        let (AfterFailure::Retry { delay, .. }, Some(wanted)) = (decision, retry_after) else {
+            return decision;
+        };
+        if wanted <= delay {
+            return decision;
+        }
+        // `delay` is itself a tier, so the longest tier is never shorter than it.
+        let tiers = self.tiers();
+        let tier = tiers
+            .iter()
+            .copied()
+            .find(|t| t.delay() >= wanted)
+            .or_else(|| tiers.last().copied())
+            .unwrap_or(Tier(delay));
+        AfterFailure::Retry {
+            delay: tier.delay(),
+            tier,
+        }
+    }
+}
+
+/// The delay a `Retry-After` header asks for: delay-seconds, or an HTTP date in the future.
+/// <https://www.rfc-editor.org/rfc/rfc9110#field.retry-after>
+pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (at.with_timezone(&chrono::Utc) - now).to_std().ok()
 }
 
 impl FromStr for RetrySchedule {
@@ -200,6 +241,56 @@ mod tests {
         let s: RetrySchedule = "5s,5s,1s".parse().unwrap();
         assert_eq!(s.tiers().len(), 2);
         assert_eq!(s.max_attempts(), 4);
+    }
+
+    #[test]
+    fn retry_after_picks_a_longer_existing_tier_but_never_a_shorter_one() {
+        let s = RetrySchedule::seed_default();
+        let tier = |d: AfterFailure| match d {
+            AfterFailure::Retry { delay, tier } => (delay, tier.to_string()),
+            AfterFailure::GiveUp => panic!("should retry"),
+        };
+        assert_eq!(
+            tier(s.after_failure_with_hint(1, None)),
+            (secs(5), "5s".into())
+        );
+        assert_eq!(
+            tier(s.after_failure_with_hint(1, Some(secs(2)))),
+            (secs(5), "5s".into())
+        );
+        assert_eq!(
+            tier(s.after_failure_with_hint(1, Some(secs(20)))),
+            (secs(25), "25s".into())
+        );
+        assert_eq!(
+            tier(s.after_failure_with_hint(1, Some(secs(3600)))),
+            (secs(125), "125s".into())
+        );
+        assert_eq!(
+            tier(s.after_failure_with_hint(3, Some(secs(1)))),
+            (secs(125), "125s".into())
+        );
+        assert_eq!(
+            s.after_failure_with_hint(4, Some(secs(1))),
+            AfterFailure::GiveUp
+        );
+    }
+
+    #[test]
+    fn retry_after_is_read_as_seconds_or_an_http_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-04-20T14:32:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(parse_retry_after("120", now), Some(secs(120)));
+        assert_eq!(
+            parse_retry_after("Mon, 20 Apr 2026 14:33:00 GMT", now),
+            Some(secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Mon, 20 Apr 2026 14:31:00 GMT", now),
+            None
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
     }
 
     #[test]

@@ -16,6 +16,21 @@ use crate::ids::encode_u128;
 
 const REDACTED: &str = "[redacted]";
 
+/// A connection URL with its password replaced by `REDACTED`, for `Debug` and logs. A text
+/// that does not parse as a URL is redacted whole, since it might be anything.
+pub fn redact_url(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(mut url) => {
+            if url.password().is_some() {
+                // Brackets would be percent-encoded inside a URL: use a plain word.
+                let _ = url.set_password(Some("REDACTED"));
+            }
+            url.to_string()
+        }
+        Err(_) => REDACTED.to_owned(),
+    }
+}
+
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     // The operating system's generator failing is not something a webhook platform can
@@ -344,6 +359,19 @@ mod tests {
             EncryptionKey::from_base64("not base64 at all!").unwrap_err(),
             CryptoError::KeyFormat
         );
+    }
+
+    #[test]
+    fn connection_urls_lose_their_password_when_printed() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:REDACTED@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/aioka"),
+            "postgres://postgres@127.0.0.1:5432/aioka"
+        );
+        assert_eq!(redact_url("host=x password=y"), "[redacted]");
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub struct AttemptResult {
     pub error_kind: Option<&'static str>,
     pub latency: Duration,
     pub snippet: Option<String>,
+    /// What a 429 or 503 answer's `Retry-After` asked for.
+    pub retry_after: Option<Duration>,
 }
 
 /// Why a name was not resolved to a usable address.
@@ -175,6 +177,7 @@ impl Sender {
             error_kind: Some(kind),
             latency: started.elapsed(),
             snippet: None,
+            retry_after: None,
         };
         // reqwest skips the resolver for literal addresses: judge them here.
         if !self.allow_private
@@ -197,10 +200,22 @@ impl Sender {
             .body(task.body.clone());
         let mut response = match request.send().await {
             Ok(r) => r,
-            Err(e) => return failed(classify(&e), None),
+            Err(e) => {
+                tracing::debug!(error = ?e, "attempt failed before an answer");
+                return failed(classify(&e), None);
+            }
         };
         let status = response.status();
         let latency = started.elapsed();
+        let retry_after = if matches!(status.as_u16(), 429 | 503) {
+            response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| aioka_core::retry::parse_retry_after(v, chrono::Utc::now()))
+        } else {
+            None
+        };
         let snippet = self.read_snippet(&mut response).await;
         let code = status.as_u16();
         let (outcome, error_kind) = if status.is_success() {
@@ -216,6 +231,7 @@ impl Sender {
             error_kind,
             latency,
             snippet,
+            retry_after,
         }
     }
 
@@ -247,8 +263,10 @@ fn classify(error: &reqwest::Error) -> &'static str {
     if error.is_timeout() {
         return "timeout";
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
+    // Walk the whole chain. `io::Error::source` skips the error it wraps, and hyper nests
+    // io errors, so descend through `get_ref` too.
+    let mut pending: Vec<&(dyn std::error::Error + 'static)> = vec![error];
+    while let Some(e) = pending.pop() {
         if let Some(resolve) = e.downcast_ref::<ResolveError>() {
             return match resolve {
                 ResolveError::Blocked(_) => "blocked_address",
@@ -262,14 +280,13 @@ fn classify(error: &reqwest::Error) -> &'static str {
             if io.kind() == std::io::ErrorKind::TimedOut {
                 return "timeout";
             }
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
-                return "tls";
+            if let Some(inner) = io.get_ref() {
+                pending.push(inner);
             }
         }
-        source = e.source();
+        if let Some(source) = e.source() {
+            pending.push(source);
+        }
     }
     if error.is_connect() {
         "connect"

@@ -88,6 +88,8 @@ pub async fn run(
         schedule,
         max_in_flight: d.max_in_flight,
         grace: d.shutdown_grace,
+        per_webhook: Default::default(),
+        per_webhook_cap: d.max_in_flight_per_webhook,
         cache,
         sender: client::Sender::new(&d, settings.security.allow_private_targets)?,
         recorder,

@@ -33,6 +33,7 @@ pub struct DeliverySettings {
     pub retry_schedule: String,
     pub disable_after: u32,
     pub max_in_flight: u16,
+    pub max_in_flight_per_webhook: u16,
     pub response_snippet_bytes: usize,
     pub max_response_bytes: usize,
     pub extra_root_certs: String,
@@ -78,6 +79,9 @@ impl Settings {
         if d.max_in_flight == 0 {
             return invalid("max_in_flight", "must be at least 1");
         }
+        if d.max_in_flight_per_webhook == 0 {
+            return invalid("max_in_flight_per_webhook", "must be at least 1");
+        }
         if d.response_snippet_bytes > d.max_response_bytes {
             return invalid(
                 "response_snippet_bytes",
@@ -103,5 +107,32 @@ impl Settings {
 
     pub fn retry_schedule(&self) -> Result<RetrySchedule, SettingsError> {
         aioka_runtime::settings::retry_schedule(&self.delivery.retry_schedule)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_of_the_settings_prints_no_secret_and_no_password() {
+        let key = aioka_core::EncryptionKey::generate().to_base64();
+        let settings: Settings = aioka_runtime::settings::load_from([
+            ("AIOKA__SECURITY__SECRET_KEY".to_owned(), key.clone()),
+            (
+                "AIOKA__DATABASE__URL".to_owned(),
+                "postgres://app:hunter2@db:5432/aioka".to_owned(),
+            ),
+            (
+                "AIOKA__AMQP__URL".to_owned(),
+                "amqp://app:s3cret@mq:5672/%2f".to_owned(),
+            ),
+        ])
+        .unwrap();
+        let printed = format!("{settings:?}");
+        for secret in [key.as_str(), "hunter2", "s3cret"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        assert!(printed.contains("[redacted]") && printed.contains("REDACTED"));
     }
 }

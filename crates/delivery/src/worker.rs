@@ -1,14 +1,16 @@
 //! The consumer loop and one task's journey: look up the webhook, send, decide, record, ack.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aioka_core::WebhookId;
 use aioka_core::disable::Outcome;
 use aioka_core::messages::{DeliveryTask, Task};
 use aioka_core::retry::{AfterFailure, RetrySchedule};
 use aioka_queue::lapin::message::Delivery;
 use aioka_queue::{
-    ConsumerSpec, Publisher, Topology, extract_trace_context, inject_trace_context,
+    ConsumerSpec, DEFER_KEY, Publisher, Topology, extract_trace_context, inject_trace_context,
     persistent_json, run_consumer,
 };
 use aioka_runtime::Health;
@@ -27,6 +29,9 @@ pub(crate) struct Worker {
     pub schedule: RetrySchedule,
     pub max_in_flight: u16,
     pub grace: Duration,
+    /// Attempts in flight per webhook in this process, capped at `per_webhook_cap`.
+    pub per_webhook: Mutex<HashMap<WebhookId, u16>>,
+    pub per_webhook_cap: u16,
     pub cache: Cache,
     pub sender: Sender,
     pub recorder: Recorder,
@@ -85,10 +90,32 @@ impl Worker {
             attempt = task.attempt,
         );
         extract_trace_context(delivery.properties.headers().as_ref(), &span);
+        let Some(_slot) = self.take_slot(task.webhook_id) else {
+            // This webhook already has its share of our slots: put the task off, unattempted.
+            let props = delivery.properties.clone();
+            return match publisher
+                .publish(
+                    &self.topology.retry_exchange(),
+                    DEFER_KEY,
+                    &delivery.data,
+                    props,
+                )
+                .await
+            {
+                Ok(()) => {
+                    metrics::counter!("aioka_delivery_deferred_total").increment(1);
+                    aioka_queue::ack(&delivery).await;
+                }
+                Err(_) => aioka_queue::requeue(&delivery).await,
+            };
+        };
+        let in_flight = metrics::gauge!("aioka_delivery_in_flight");
+        in_flight.increment(1.0);
         let done = self
             .deliver(publisher, &delivery, task)
             .instrument(span)
             .await;
+        in_flight.decrement(1.0);
         match done {
             Done::Ack => aioka_queue::ack(&delivery).await,
             Done::Requeue => aioka_queue::requeue(&delivery).await,
@@ -156,8 +183,9 @@ impl Worker {
             Outcome::Failure => "exhausted",
         };
         if result.outcome == Outcome::Failure
-            && let AfterFailure::Retry { delay, tier } =
-                self.schedule.after_failure(task.attempt_in_series())
+            && let AfterFailure::Retry { delay, tier } = self
+                .schedule
+                .after_failure_with_hint(task.attempt_in_series(), result.retry_after)
         {
             outcome = "retry_scheduled";
             metrics::counter!("aioka_delivery_retries_total", "tier" => tier.to_string())
@@ -211,6 +239,21 @@ impl Worker {
         }
     }
 
+    /// A slot for one attempt to `webhook`, or `None` if it has its share already. The slot
+    /// is given back when dropped.
+    fn take_slot(&self, webhook: WebhookId) -> Option<Slot<'_>> {
+        let mut counts = self.per_webhook.lock().ok()?;
+        let count = counts.entry(webhook).or_insert(0);
+        if *count >= self.per_webhook_cap {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            worker: self,
+            webhook,
+        })
+    }
+
     /// Drops a task without sending and records why.
     async fn skip(&self, task: &DeliveryTask, reason: &'static str) -> Done {
         tracing::info!(reason, "task skipped");
@@ -226,6 +269,25 @@ impl Worker {
         match self.recorder.record(record).await {
             Ok(()) => Done::Ack,
             Err(_) => Done::Requeue,
+        }
+    }
+}
+
+/// One attempt's share of a webhook's in-flight cap.
+struct Slot<'a> {
+    worker: &'a Worker,
+    webhook: WebhookId,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.worker.per_webhook.lock()
+            && let Some(count) = counts.get_mut(&self.webhook)
+        {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.webhook);
+            }
         }
     }
 }

@@ -18,6 +18,8 @@ pub struct ApiError {
     pub field: Option<String>,
     /// For 5xx: what went wrong inside, for the log only.
     internal: Option<String>,
+    /// Seconds for a `Retry-After` header (429).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +30,19 @@ impl ApiError {
             message: message.into(),
             field: None,
             internal: None,
+            retry_after: None,
+        }
+    }
+
+    /// 429: this key spent its request budget; `seconds` until the next request is allowed.
+    pub fn rate_limited(seconds: u64) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many requests for this API key; retry after {seconds} s"),
+            )
         }
     }
 
@@ -106,6 +121,12 @@ impl IntoResponse for ApiError {
         if let Some(field) = self.field {
             error["field"] = json!(field);
         }
-        (self.status, Json(json!({ "error": error }))).into_response()
+        let mut response = (self.status, Json(json!({ "error": error }))).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

@@ -150,11 +150,21 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<KeyRecord, ApiE
         .ok()
         .filter(|t| !t.trim().is_empty() && t.len() <= 256)
         .ok_or_else(|| unauthorized("the API key is invalid or revoked"))?;
-    state
+    let key = state
         .store
         .find_active_key(&ApiKey::from_header(text))
         .await?
-        .ok_or_else(|| unauthorized("the API key is invalid or revoked"))
+        .ok_or_else(|| unauthorized("the API key is invalid or revoked"))?;
+    if let Some(limiter) = &state.rate_limiter
+        && let Err(not_until) = limiter.check_key(&key.id)
+    {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(
+            &governor::clock::DefaultClock::default(),
+        ));
+        metrics::counter!("aioka_gateway_rate_limited_total").increment(1);
+        return Err(ApiError::rate_limited(wait.as_secs().max(1)));
+    }
+    Ok(key)
 }
 
 /// A request authenticated with a customer key.

@@ -77,7 +77,14 @@ pub async fn run(
         shutdown.clone(),
     );
 
+    let rate_limiter = std::num::NonZeroU32::new(settings.gateway.rate_limit).map(|per_second| {
+        let burst = per_second.saturating_add(per_second.get());
+        Arc::new(governor::RateLimiter::keyed(
+            governor::Quota::per_second(per_second).allow_burst(burst),
+        ))
+    });
     let state = AppState {
+        rate_limiter,
         store,
         publisher,
         encryption_key,

@@ -33,6 +33,7 @@ pub struct GatewaySettings {
     pub request_timeout: Duration,
     #[serde(deserialize_with = "duration")]
     pub dns_timeout: Duration,
+    pub rate_limit: u32,
 }
 
 /// The part of `[delivery]` the gateway needs; the rest belongs to the delivery service.

@@ -9,8 +9,13 @@ use aioka_store::Store;
 
 use crate::settings::GatewaySettings;
 
+/// Per-key request budgets.
+pub type RateLimiter = governor::DefaultKeyedRateLimiter<aioka_core::ApiKeyId>;
+
 #[derive(Clone, Debug)]
 pub struct AppState {
+    /// `None` when `gateway.rate_limit` is 0.
+    pub rate_limiter: Option<Arc<RateLimiter>>,
     pub store: Store,
     pub publisher: Arc<SharedPublisher>,
     pub encryption_key: Arc<EncryptionKey>,

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
@@ -175,7 +175,25 @@ where
             let publisher = publisher.clone();
             async move {
                 match message {
-                    Ok(delivery) => handle(publisher, delivery).await,
+                    Ok(delivery) => {
+                        // A handler that panics must not take the consumer down with it: the
+                        // message goes back to its queue, and after the queue's delivery limit
+                        // the broker parks it (x-death says why) while the rest flows on.
+                        let acker = delivery.acker.clone();
+                        let handled = std::panic::AssertUnwindSafe(handle(publisher, delivery))
+                            .catch_unwind()
+                            .await;
+                        if handled.is_err() {
+                            tracing::error!(queue = %spec.queue, "message handler panicked; requeueing");
+                            metrics::counter!("aioka_handler_panics_total", "queue" => spec.queue.clone())
+                                .increment(1);
+                            let options = BasicNackOptions {
+                                requeue: true,
+                                ..BasicNackOptions::default()
+                            };
+                            let _ = acker.nack(options).await;
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "consumer error"),
                 }
             }

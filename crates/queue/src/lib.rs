@@ -16,5 +16,7 @@ pub use consumer::{ConsumerSpec, ack, consume, park, requeue, run_consumer, samp
 pub use lapin;
 pub use publisher::{Pending, Publisher, QueueError, connect, header_str, persistent_json};
 pub use shared::SharedPublisher;
-pub use topology::{AmqpSettings, DELIVERY_KEY, PARK_REASON_HEADER, PARK_SOURCE_HEADER, Topology};
+pub use topology::{
+    AmqpSettings, DEFER_KEY, DELIVERY_KEY, PARK_REASON_HEADER, PARK_SOURCE_HEADER, Topology,
+};
 pub use trace::{extract_trace_context, inject_trace_context};

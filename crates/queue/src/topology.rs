@@ -17,18 +17,33 @@ use crate::QueueError;
 
 /// Routing key of delivery tasks on the deliveries exchange.
 pub const DELIVERY_KEY: &str = "delivery";
+/// Routing key, on the retry exchange, of tasks put off (not attempted) because their webhook
+/// already has as many attempts in flight as one webhook may.
+pub const DEFER_KEY: &str = "defer";
+/// How long a put-off task waits before it is offered again.
+pub const DEFER_DELAY_MS: i64 = 1000;
 /// Header naming why a message was parked.
 pub const PARK_REASON_HEADER: &str = "x-aioka-park-reason";
 /// Header naming the queue a parked message came from.
 pub const PARK_SOURCE_HEADER: &str = "x-aioka-park-source";
 
-/// `[amqp]` settings.
-#[derive(Debug, Clone, Deserialize)]
+/// `[amqp]` settings. `Debug` hides the URL's password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
     pub url: String,
     pub prefix: String,
     pub delivery_limit: u32,
+}
+
+impl std::fmt::Debug for AmqpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpSettings")
+            .field("url", &aioka_core::secret::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("delivery_limit", &self.delivery_limit)
+            .finish()
+    }
 }
 
 /// The names of one deployment's exchanges and queues.
@@ -73,6 +88,10 @@ impl Topology {
     pub fn retry_queue(&self, tier: Tier) -> String {
         format!("{}.retry.{tier}", self.prefix)
     }
+    /// The wait queue of put-off tasks (`DEFER_DELAY_MS`), back to the deliveries exchange.
+    pub fn defer_queue(&self) -> String {
+        format!("{}.defer", self.prefix)
+    }
     pub fn parking_exchange(&self) -> String {
         format!("{}.parking", self.prefix)
     }
@@ -86,6 +105,7 @@ impl Topology {
             self.fanout_queue(),
             self.delivery_queue(),
             self.parking_queue(),
+            self.defer_queue(),
         ];
         queues.extend(self.tiers.iter().map(|t| self.retry_queue(*t)));
         queues
@@ -142,22 +162,35 @@ impl Topology {
         .await?;
 
         for tier in &self.tiers {
-            let queue = self.retry_queue(*tier);
-            let mut args = quorum();
             let ttl = i64::try_from(tier.delay().as_millis()).unwrap_or(i64::MAX);
-            put(&mut args, "x-message-ttl", AMQPValue::LongLongInt(ttl));
-            put(
-                &mut args,
-                "x-dead-letter-exchange",
-                text(&self.deliveries_exchange()),
-            );
-            put(&mut args, "x-dead-letter-routing-key", text(DELIVERY_KEY));
-            at_least_once(&mut args);
-            self.queue(channel, &queue, args).await?;
-            self.bind(channel, &queue, &self.retry_exchange(), &tier.to_string())
+            self.wait_queue(channel, &self.retry_queue(*tier), ttl, &tier.to_string())
                 .await?;
         }
+        self.wait_queue(channel, &self.defer_queue(), DEFER_DELAY_MS, DEFER_KEY)
+            .await?;
         Ok(())
+    }
+
+    /// A queue without consumers whose messages wait `ttl_ms`, then dead-letter back to the
+    /// deliveries exchange; fed by the retry exchange with routing key `key`.
+    async fn wait_queue(
+        &self,
+        channel: &Channel,
+        queue: &str,
+        ttl_ms: i64,
+        key: &str,
+    ) -> Result<(), QueueError> {
+        let mut args = quorum();
+        put(&mut args, "x-message-ttl", AMQPValue::LongLongInt(ttl_ms));
+        put(
+            &mut args,
+            "x-dead-letter-exchange",
+            text(&self.deliveries_exchange()),
+        );
+        put(&mut args, "x-dead-letter-routing-key", text(DELIVERY_KEY));
+        at_least_once(&mut args);
+        self.queue(channel, queue, args).await?;
+        self.bind(channel, queue, &self.retry_exchange(), key).await
     }
 
     /// Arguments of a queue a service consumes: a delivery limit, and poison messages
@@ -255,6 +288,7 @@ mod tests {
                 "t1.fanout",
                 "t1.delivery",
                 "t1.parking",
+                "t1.defer",
                 "t1.retry.300ms",
                 "t1.retry.5s"
             ]

@@ -12,14 +12,24 @@ mod embedded {
     refinery::embed_migrations!("migrations");
 }
 
-/// `[database]` settings.
-#[derive(Debug, Clone, Deserialize)]
+/// `[database]` settings. `Debug` hides the URL's password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     pub url: String,
     pub pool_size: usize,
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &aioka_core::secret::redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
 }
 
 fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

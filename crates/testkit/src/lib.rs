@@ -11,7 +11,7 @@ pub mod receiver;
 
 pub use broker::TestBroker;
 pub use db::TestDb;
-pub use receiver::{Received, Receiver, TestCa};
+pub use receiver::{Received, Receiver, TestCa, resetting_endpoint};
 
 use aioka_core::EncryptionKey;
 
@@ -35,6 +35,9 @@ impl TestEnv {
         );
         env.set("AIOKA__SECURITY__ALLOW_PRIVATE_TARGETS", "true");
         env.set("AIOKA__GATEWAY__LISTEN", "127.0.0.1:0");
+        env.set("AIOKA__GATEWAY__ADMIN_LISTEN", "127.0.0.1:0");
+        // Tests hammer one key; the test of the limit itself sets a small one.
+        env.set("AIOKA__GATEWAY__RATE_LIMIT", "1000");
         env.set("AIOKA__FANOUT__HEALTH_LISTEN", "127.0.0.1:0");
         env.set("AIOKA__DELIVERY__HEALTH_LISTEN", "127.0.0.1:0");
         if let Some(broker) = broker {

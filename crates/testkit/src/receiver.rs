@@ -15,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use sha2::Sha256;
@@ -48,14 +49,18 @@ impl TestCa {
     }
 
     /// A certificate and key for localhost, 127.0.0.1 and ::1, signed by this CA.
-    fn leaf(&self) -> (String, String) {
+    fn leaf(&self, expired: bool) -> (String, String) {
         let issuer = Issuer::from_params(&self.params, &self.key);
-        let params = CertificateParams::new(vec![
+        let mut params = CertificateParams::new(vec![
             "localhost".to_owned(),
             "127.0.0.1".to_owned(),
             "::1".to_owned(),
         ])
         .expect("leaf params");
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &issuer).expect("leaf cert");
         (cert.pem(), key.serialize_pem())
@@ -141,6 +146,10 @@ struct Inner {
     script: VecDeque<u16>,
     default_status: u16,
     delay: Duration,
+    /// Bytes of body to answer with, and whether to send them a few at a time, slowly.
+    body_size: usize,
+    dribble: bool,
+    retry_after: Option<String>,
 }
 
 /// An HTTPS server on 127.0.0.1 that records every request and answers as told.
@@ -155,8 +164,17 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver answering 200 to everything.
     pub async fn start(ca: &TestCa) -> Self {
+        Self::start_with_cert(ca, false).await
+    }
+
+    /// Starts a receiver whose certificate expired years ago.
+    pub async fn start_expired(ca: &TestCa) -> Self {
+        Self::start_with_cert(ca, true).await
+    }
+
+    async fn start_with_cert(ca: &TestCa, expired: bool) -> Self {
         crate::install_crypto();
-        let (cert, key) = ca.leaf();
+        let (cert, key) = ca.leaf(expired);
         let config =
             axum_server::tls_rustls::RustlsConfig::from_pem(cert.into_bytes(), key.into_bytes())
                 .await
@@ -199,6 +217,21 @@ impl Receiver {
     pub fn script(&self, statuses: &[u16]) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.script = statuses.iter().copied().collect();
+        }
+    }
+
+    /// Answers with a body of `bytes` bytes; with `dribble`, a few bytes every 50 ms.
+    pub fn body(&self, bytes: usize, dribble: bool) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.body_size = bytes;
+            inner.dribble = dribble;
+        }
+    }
+
+    /// Adds `Retry-After: <value>` to every answer.
+    pub fn retry_after(&self, value: &str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.retry_after = Some(value.to_owned());
         }
     }
 
@@ -253,8 +286,8 @@ async fn receive(
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
-    let (status, delay) = {
+) -> axum::response::Response {
+    let (status, delay, body_size, dribble, retry_after) = {
         let mut inner = inner.lock().expect("receiver state");
         inner.received.push(Received {
             at: Instant::now(),
@@ -263,11 +296,51 @@ async fn receive(
             body,
         });
         let status = inner.script.pop_front().unwrap_or(inner.default_status);
-        (status, inner.delay)
+        (
+            status,
+            inner.delay,
+            inner.body_size,
+            inner.dribble,
+            inner.retry_after.clone(),
+        )
     };
     arrived.notify_waiters();
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = if dribble {
+        let chunks = futures_util::stream::iter((0..body_size).step_by(4)).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<_, std::io::Error>(Bytes::from_static(b"slow"))
+        });
+        axum::body::Body::from_stream(chunks)
+    } else {
+        axum::body::Body::from(vec![b'x'; body_size])
+    };
+    let mut response = axum::response::Response::new(body);
+    *response.status_mut() = status;
+    if let Some(value) = retry_after
+        && let Ok(v) = axum::http::HeaderValue::from_str(&value)
+    {
+        response
+            .headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, v);
+    }
+    response
+}
+
+/// An address that accepts TCP connections and resets them at once (SO_LINGER 0).
+pub async fn resetting_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_zero_linger();
+            drop(stream);
+        }
+    });
+    format!("https://127.0.0.1:{port}/hook")
 }

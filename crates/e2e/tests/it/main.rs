@@ -3,6 +3,7 @@
 
 mod delivery;
 mod faults;
+mod hostile;
 mod ingest;
 mod manage;
 

@@ -160,3 +160,41 @@ async fn admin_endpoints_answer_on_their_own_port_only() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_key_over_its_request_budget_gets_429_with_retry_after() {
+    let app = App::spawn_with(|env| {
+        env.set("AIOKA__GATEWAY__RATE_LIMIT", "2");
+    })
+    .await;
+    let greedy = app.customer(Tier::Basic).await;
+    let other = app.customer(Tier::Basic).await;
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..8 {
+        let response = app.get("/v1/webhooks", &greedy).await;
+        statuses.push(response.status().as_u16());
+        if response.status() == 429 && limited.is_none() {
+            limited = Some(response);
+        }
+    }
+    assert_eq!(
+        &statuses[..4],
+        [200, 200, 200, 200],
+        "a burst of twice the rate passes"
+    );
+    assert!(statuses.contains(&429), "{statuses:?}");
+    let limited = limited.unwrap();
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1);
+    assert_error(limited, 429, "rate_limited", None).await;
+    assert_eq!(
+        app.get("/v1/webhooks", &other).await.status(),
+        200,
+        "budgets are per key"
+    );
+}
