@@ -29,20 +29,25 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
 
 FROM ${RUNTIME_IMAGE}
 # ca-certificates: delivery trusts the system roots (rustls-native-certs) for HTTPS targets.
+# curl: for container health checks against the admin ports (docker-compose.yml).
+# /ca: where docker-compose.yml's demo CA volume is mounted; a new named volume copies the
+# ownership of the directory it is mounted on, so the unprivileged user can write the CA there.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 aioka \
  && useradd --system --uid 10001 --gid aioka --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin aioka
+        --shell /usr/sbin/nologin aioka \
+ && install -d -o 10001 -g 10001 -m 0755 /ca
 COPY --from=builder /out/ /usr/local/bin/
 # Inside a container the loopback-only defaults are useless: listen on every interface.
 ENV AIOKA__GATEWAY__LISTEN=0.0.0.0:8080 \
+    AIOKA__GATEWAY__ADMIN_LISTEN=0.0.0.0:9090 \
     AIOKA__FANOUT__HEALTH_LISTEN=0.0.0.0:9091 \
     AIOKA__DELIVERY__HEALTH_LISTEN=0.0.0.0:9092
-# 8080: gateway API + /healthz /readyz /metrics; 9091: fanout health+metrics;
-# 9092: delivery health+metrics.
-EXPOSE 8080 9091 9092
+# 8080: gateway API only. Admin ports (/healthz, /readyz, /metrics): 9090 gateway,
+# 9091 fanout, 9092 delivery.
+EXPOSE 8080 9090 9091 9092
 USER 10001:10001
 ENTRYPOINT []
 CMD ["aioka-gateway"]
