@@ -70,6 +70,10 @@ struct ReceiverArgs {
     /// The webhook's whsec_ secret, to verify signatures.
     #[arg(long, env = "AIOKA_WEBHOOK_SECRET")]
     secret: Option<String>,
+    /// Extra host names for the receiver's certificate (it always covers localhost,
+    /// 127.0.0.1 and ::1), e.g. `--san demo-receiver` inside Docker Compose.
+    #[arg(long = "san")]
+    san: Vec<String>,
     /// The HTTP status to answer (e.g. 500 to watch retries, 410 to disable the webhook).
     #[arg(long, default_value_t = 200)]
     status: u16,
@@ -145,7 +149,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         Command::Receiver(args) => {
-            return receiver::serve(args.listen, &args.ca_dir, args.secret, args.status).await;
+            return receiver::serve(
+                args.listen,
+                &args.ca_dir,
+                args.san,
+                args.secret,
+                args.status,
+            )
+            .await;
         }
         other => other,
     };

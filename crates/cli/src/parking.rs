@@ -98,8 +98,13 @@ pub async fn replay(url: &str, topology: &Topology, limit: usize) -> anyhow::Res
         let (source, _) = origin(topology, &message);
         let props = &message.delivery.properties;
         let destination = match source.as_deref() {
-            Some("fanout") => header_str(props.headers().as_ref(), ORIGINAL_KEY_HEADER)
-                .map(|key| (topology.events_exchange(), key)),
+            // Parked by fanout, the original key is in a header; dead-lettered by the broker,
+            // the message kept its own routing key.
+            Some("fanout") => Some((
+                topology.events_exchange(),
+                header_str(props.headers().as_ref(), ORIGINAL_KEY_HEADER)
+                    .unwrap_or_else(|| message.delivery.routing_key.as_str().to_owned()),
+            )),
             Some("delivery") => Some((topology.deliveries_exchange(), DELIVERY_KEY.to_owned())),
             _ => None,
         };

@@ -52,6 +52,7 @@ struct Shared {
 pub async fn serve(
     listen: SocketAddr,
     ca_dir: &Path,
+    extra_names: Vec<String>,
     secret: Option<String>,
     status: u16,
 ) -> anyhow::Result<()> {
@@ -61,12 +62,13 @@ pub async fn serve(
     let ca = ca_params()?;
     let issuer = Issuer::from_params(&ca, &ca_key);
     let leaf_key = KeyPair::generate()?;
-    let leaf = CertificateParams::new(vec![
+    let mut names = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
-    ])?
-    .signed_by(&leaf_key, &issuer)?;
+    ];
+    names.extend(extra_names);
+    let leaf = CertificateParams::new(names)?.signed_by(&leaf_key, &issuer)?;
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
         leaf.pem().into_bytes(),
         leaf_key.serialize_pem().into_bytes(),

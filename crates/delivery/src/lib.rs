@@ -64,7 +64,11 @@ pub async fn run(
         schedule.tiers(),
         settings.amqp.delivery_limit,
     );
-    let mut sampled = vec![topology.delivery_queue(), topology.parking_queue()];
+    let mut sampled = vec![
+        topology.delivery_queue(),
+        topology.parking_queue(),
+        topology.defer_queue(),
+    ];
     sampled.extend(
         schedule
             .tiers()

@@ -10,6 +10,7 @@ mod events;
 mod keys;
 mod listen;
 mod pool;
+mod seed;
 mod webhooks;
 
 pub use deliveries::{
@@ -21,4 +22,5 @@ pub use events::{Claim, EventSource, NewEvent};
 pub use keys::{KeyRecord, NewKey};
 pub use listen::{WEBHOOK_CHANGED, listen_webhook_changes};
 pub use pool::{DatabaseSettings, Store};
+pub use seed::SeedWebhook;
 pub use webhooks::{NewWebhook, WebhookPatch, WebhookRecord, WebhookWriteError};

@@ -1,0 +1,392 @@
+//! Seeding, and the burst and sustained loads. Each load prints one JSON line of figures.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aioka_core::event::EventType;
+use aioka_core::{EncryptionKey, EventId, WebhookSecret};
+use aioka_store::{DatabaseSettings, SeedWebhook, Store};
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+#[derive(Debug, clap::Args)]
+pub struct SeedArgs {
+    #[arg(long, env = "AIOKA__DATABASE__URL")]
+    database_url: String,
+    #[arg(long, env = "AIOKA__SECURITY__SECRET_KEY")]
+    secret_key: String,
+    /// Webhooks to create.
+    #[arg(long)]
+    count: usize,
+    /// Base of the URLs: webhook i gets `<base>/<i>`.
+    #[arg(long)]
+    url_base: String,
+    /// The signing secret every webhook shares.
+    #[arg(long)]
+    secret: String,
+    #[arg(long, default_value = "verdict.new")]
+    event: String,
+    #[arg(long, default_value_t = 5)]
+    per_key: usize,
+}
+
+fn store(url: &str) -> anyhow::Result<Store> {
+    Ok(Store::connect(&DatabaseSettings {
+        url: url.to_owned(),
+        pool_size: 4,
+        connect_timeout: Duration::from_secs(10),
+    })?)
+}
+
+pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = store(&args.database_url)?;
+    let key = EncryptionKey::from_base64(&args.secret_key)?;
+    let secret = WebhookSecret::from_exposed(args.secret.clone()).context("--secret")?;
+    let event: EventType = args.event.parse()?;
+    let webhooks: Vec<SeedWebhook> = (0..args.count)
+        .map(|i| SeedWebhook {
+            url: format!("{}/{i}", args.url_base.trim_end_matches('/')),
+        })
+        .collect();
+    let ids = store
+        .seed_webhooks(&webhooks, &[event], &secret, &key, args.per_key)
+        .await?;
+    println!(
+        "{}",
+        json!({"seeded": ids.len(), "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn stats(client: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    Ok(client
+        .get(format!("{url}/stats"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+async fn reset(client: &reqwest::Client, url: &str) -> anyhow::Result<()> {
+    client
+        .post(format!("{url}/reset"))
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+/// Publishes one event; returns its id.
+async fn publish(
+    client: &reqwest::Client,
+    gateway: &str,
+    key: &str,
+    event: EventType,
+) -> anyhow::Result<String> {
+    let response = client
+        .post(format!("{gateway}/v1/events"))
+        .header("X-API-Key", key)
+        .json(&json!({"event": event.as_str(), "data": event.sample_data()}))
+        .send()
+        .await?;
+    if response.status() != 202 {
+        bail!(
+            "publish answered {}: {}",
+            response.status(),
+            response.text().await?
+        );
+    }
+    let body: Value = response.json().await?;
+    Ok(body["id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Waits until the receiver has `expect` distinct deliveries, or no progress for `stall`.
+async fn wait_for(
+    client: &reqwest::Client,
+    url: &str,
+    expect: u64,
+    stall: Duration,
+) -> anyhow::Result<Value> {
+    let mut last = 0;
+    let mut progressed = Instant::now();
+    loop {
+        let s = stats(client, url).await?;
+        let distinct = s["distinct"].as_u64().unwrap_or(0);
+        if distinct >= expect {
+            return Ok(s);
+        }
+        if distinct > last {
+            last = distinct;
+            progressed = Instant::now();
+        } else if progressed.elapsed() > stall {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BurstArgs {
+    #[arg(long)]
+    gateway: String,
+    #[arg(long, env = "AIOKA_PRODUCER_KEY")]
+    producer_key: String,
+    /// The bench receiver's stats address, e.g. http://127.0.0.1:18444.
+    #[arg(long)]
+    stats: String,
+    /// Deliveries that must arrive (subscribers answering 2xx).
+    #[arg(long)]
+    expect: u64,
+    /// For the records-keep-pace figure: the database the services write to.
+    #[arg(long, env = "AIOKA__DATABASE__URL")]
+    database_url: Option<String>,
+    #[arg(long, default_value = "burst")]
+    label: String,
+}
+
+pub async fn burst(args: BurstArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    reset(&client, &args.stats).await?;
+    let sent_ms = now_ms();
+    let event = publish(
+        &client,
+        &args.gateway,
+        &args.producer_key,
+        EventType::VerdictNew,
+    )
+    .await?;
+    let accepted_ms = now_ms();
+    let s = wait_for(&client, &args.stats, args.expect, Duration::from_secs(30)).await?;
+    let distinct = s["distinct"].as_u64().unwrap_or(0);
+    let last_ms = s["last_ms"].as_u64().unwrap_or(accepted_ms);
+    let seconds = (last_ms.saturating_sub(accepted_ms)) as f64 / 1000.0;
+    // Records keep pace: how long after the last arrival the log shows every success.
+    let mut records_lag = Value::Null;
+    if let Some(url) = &args.database_url {
+        let store = store(url)?;
+        let id: EventId = event.parse().context("event id")?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let (_, succeeded) = store.event_delivery_counts(id).await?;
+            if succeeded as u64 >= distinct {
+                records_lag = json!(now_ms().saturating_sub(last_ms) as f64 / 1000.0);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    println!(
+        "{}",
+        json!({
+            "label": args.label,
+            "expected": args.expect,
+            "delivered": distinct,
+            "lost": args.expect.saturating_sub(distinct),
+            "duplicates": s["duplicates"],
+            "bad_signatures": s["bad_signatures"],
+            "ingest_ms": accepted_ms - sent_ms,
+            "seconds": seconds,
+            "per_second": if seconds > 0.0 { distinct as f64 / seconds } else { 0.0 },
+            "records_lag_seconds": records_lag,
+            "latency_ms": s["latency_ms"],
+        })
+    );
+    if distinct < args.expect {
+        bail!("{} of {} deliveries arrived", distinct, args.expect);
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SustainedArgs {
+    #[arg(long)]
+    gateway: String,
+    #[arg(long, env = "AIOKA_PRODUCER_KEY")]
+    producer_key: String,
+    #[arg(long)]
+    stats: String,
+    /// Subscribers of each event (deliveries per event).
+    #[arg(long)]
+    subscribers: u64,
+    /// Events published per second.
+    #[arg(long)]
+    events_per_second: f64,
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// To sample the delivery queue's backlog.
+    #[arg(long, env = "AIOKA__AMQP__URL")]
+    amqp_url: String,
+    #[arg(long)]
+    queue: String,
+    /// The event type published (its subscribers are the M).
+    #[arg(long, default_value = "council.new")]
+    event: String,
+    #[arg(long, default_value = "sustained")]
+    label: String,
+}
+
+pub async fn sustained(args: SustainedArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    reset(&client, &args.stats).await?;
+    let backlog = tokio::spawn(deepest_backlog(
+        args.amqp_url.clone(),
+        args.queue.clone(),
+        Duration::from_secs(args.seconds + 60),
+    ));
+    let event: EventType = args.event.parse()?;
+    let period = Duration::from_secs_f64(1.0 / args.events_per_second.max(0.01));
+    let mut ticker = tokio::time::interval(period);
+    let until = Instant::now() + Duration::from_secs(args.seconds);
+    let mut published = 0u64;
+    while Instant::now() < until {
+        ticker.tick().await;
+        publish(&client, &args.gateway, &args.producer_key, event).await?;
+        published += 1;
+    }
+    let expect = published * args.subscribers;
+    let s = wait_for(&client, &args.stats, expect, Duration::from_secs(30)).await?;
+    backlog.abort();
+    let deepest = DEEPEST.load(std::sync::atomic::Ordering::Relaxed);
+    let distinct = s["distinct"].as_u64().unwrap_or(0);
+    let span_ms = s["last_ms"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(s["first_ms"].as_u64().unwrap_or(0));
+    let per_second = if span_ms > 0 {
+        distinct as f64 * 1000.0 / span_ms as f64
+    } else {
+        0.0
+    };
+    println!(
+        "{}",
+        json!({
+            "label": args.label,
+            "events": published,
+            "expected": expect,
+            "delivered": distinct,
+            "lost": expect.saturating_sub(distinct),
+            "duplicates": s["duplicates"],
+            "bad_signatures": s["bad_signatures"],
+            "per_second": per_second,
+            "latency_ms": s["latency_ms"],
+            "deepest_backlog": deepest,
+        })
+    );
+    if distinct < expect {
+        bail!("{distinct} of {expect} deliveries arrived");
+    }
+    Ok(())
+}
+
+static DEEPEST: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+async fn deepest_backlog(url: String, queue: String, limit: Duration) {
+    let Ok(connection) = aioka_queue::connect(&url, "aioka-bench").await else {
+        return;
+    };
+    let Ok(channel) = connection.create_channel().await else {
+        return;
+    };
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        let passive = aioka_queue::lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        if let Ok(q) = channel
+            .queue_declare(queue.as_str().into(), passive, Default::default())
+            .await
+        {
+            DEEPEST.fetch_max(q.message_count(), std::sync::atomic::Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PublishArgs {
+    #[arg(long)]
+    gateway: String,
+    #[arg(long, env = "AIOKA_PRODUCER_KEY")]
+    producer_key: String,
+    /// Events to get accepted.
+    #[arg(long)]
+    count: u64,
+    /// Pause between events.
+    #[arg(long, default_value_t = 100)]
+    interval_ms: u64,
+    #[arg(long, default_value = "verdict.new")]
+    event: String,
+    /// Give up on one event after this long of refusals (503 while a dependency is down).
+    #[arg(long, default_value_t = 120)]
+    patience_seconds: u64,
+}
+
+/// Publishes `count` events like a careful producer: each one is retried until the gateway
+/// accepts it (202); a refusal (503, a connection error) is never counted as accepted. Prints
+/// `{"accepted", "refusals"}`.
+pub async fn publish_many(args: PublishArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()?;
+    let event: EventType = args.event.parse()?;
+    let (mut accepted, mut refusals) = (0u64, 0u64);
+    for _ in 0..args.count {
+        let deadline = Instant::now() + Duration::from_secs(args.patience_seconds);
+        loop {
+            match publish(&client, &args.gateway, &args.producer_key, event).await {
+                Ok(_) => {
+                    accepted += 1;
+                    break;
+                }
+                Err(_) if Instant::now() < deadline => {
+                    refusals += 1;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e.context(format!("after {accepted} accepted"))),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+    }
+    println!("{}", json!({"accepted": accepted, "refusals": refusals}));
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    #[arg(long)]
+    stats: String,
+    /// Distinct deliveries to wait for.
+    #[arg(long)]
+    expect: u64,
+    /// Give up after this long without a new delivery.
+    #[arg(long, default_value_t = 60)]
+    stall_seconds: u64,
+}
+
+/// Waits for the receiver to count `expect` distinct deliveries (or to stall) and prints its
+/// counters. Exits non-zero if fewer arrived.
+pub async fn wait(args: WaitArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let s = wait_for(
+        &client,
+        &args.stats,
+        args.expect,
+        Duration::from_secs(args.stall_seconds),
+    )
+    .await?;
+    println!("{s}");
+    let distinct = s["distinct"].as_u64().unwrap_or(0);
+    if distinct < args.expect {
+        bail!("{distinct} of {} deliveries arrived", args.expect);
+    }
+    Ok(())
+}

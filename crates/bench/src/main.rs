@@ -1,0 +1,54 @@
+//! `aioka-bench`: the tools behind `scripts/bench` and `scripts/chaos`.
+//!
+//! * `receiver` — a fast HTTPS receiver that verifies every `X-AIOKA-Signature`, counts
+//!   deliveries (distinct by delivery id, duplicates, bad signatures), measures
+//!   ingest-to-receipt latency, and can hang or fail a chosen share of endpoints or close
+//!   every connection (cold runs). Its counters are served as JSON on a plain HTTP port.
+//! * `seed` — many webhooks at once, straight into PostgreSQL, all with one secret.
+//! * `burst`, `sustained` — publish through the gateway and measure.
+//! * `resources` — peak RSS and CPU seconds of processes while a command runs.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout)]
+
+mod load;
+mod receiver;
+mod resources;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "aioka-bench",
+    about = "Benchmark and fault-harness tools for AIOKA Webhooks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Receiver(receiver::Args),
+    Seed(load::SeedArgs),
+    Burst(load::BurstArgs),
+    Sustained(load::SustainedArgs),
+    /// Publish events one by one, retrying refusals like a careful producer.
+    Publish(load::PublishArgs),
+    /// Wait for the receiver to count deliveries; print its counters.
+    Wait(load::WaitArgs),
+    Resources(resources::Args),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match Cli::parse().command {
+        Command::Receiver(args) => receiver::run(args).await,
+        Command::Seed(args) => load::seed(args).await,
+        Command::Burst(args) => load::burst(args).await,
+        Command::Sustained(args) => load::sustained(args).await,
+        Command::Publish(args) => load::publish_many(args).await,
+        Command::Wait(args) => load::wait(args).await,
+        Command::Resources(args) => resources::run(args).await,
+    }
+}

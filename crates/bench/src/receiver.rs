@@ -1,0 +1,267 @@
+//! The counting receiver. One process, HTTPS on `--listen`, counters as JSON on `--stats`.
+//!
+//! Endpoints are `/hook/{n}`: with `--hang-percent H --fail-percent F`, endpoint `n` hangs
+//! (never answers) when `n % 100 < H`, answers 500 when `H <= n % 100 < H + F`, and answers
+//! 200 otherwise, so a run knows exactly which deliveries must arrive.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aioka_core::WebhookSecret;
+use aioka_core::signing::verify_aioka_signature;
+use anyhow::Context;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hdrhistogram::Histogram;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// HTTPS address deliveries come to.
+    #[arg(long, default_value = "127.0.0.1:18443")]
+    listen: SocketAddr,
+    /// Plain HTTP address of GET /stats and POST /reset.
+    #[arg(long, default_value = "127.0.0.1:18444")]
+    stats: SocketAddr,
+    /// Directory for the CA (ca.pem, ca.key), created if missing; the delivery service must
+    /// trust its ca.pem.
+    #[arg(long)]
+    ca_dir: PathBuf,
+    /// The secret every seeded webhook shares.
+    #[arg(long)]
+    secret: String,
+    /// Close every connection after one response (cold runs: a fresh TCP and TLS handshake
+    /// for each delivery).
+    #[arg(long)]
+    close: bool,
+    #[arg(long, default_value_t = 0)]
+    hang_percent: u64,
+    #[arg(long, default_value_t = 0)]
+    fail_percent: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    bad_signatures: AtomicU64,
+    hung: AtomicU64,
+    failed: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Seen {
+    deliveries: HashSet<String>,
+    duplicates: u64,
+    /// Milliseconds since the epoch of the first and last first arrival.
+    first_ms: Option<u64>,
+    last_ms: Option<u64>,
+    /// Ingest-to-receipt latency of first arrivals, in microseconds.
+    latency: Histogram<u64>,
+}
+
+struct Shared {
+    secret: WebhookSecret,
+    close: bool,
+    hang_percent: u64,
+    fail_percent: u64,
+    counters: Counters,
+    seen: Mutex<Seen>,
+}
+
+fn fresh_seen() -> Seen {
+    Seen {
+        deliveries: HashSet::new(),
+        duplicates: 0,
+        first_ms: None,
+        last_ms: None,
+        // 1 µs to 10 min at 3 significant figures: valid bounds, so this cannot fail.
+        latency: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn ca_params() -> anyhow::Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "AIOKA bench CA");
+    Ok(params)
+}
+
+async fn tls(ca_dir: &std::path::Path) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
+    std::fs::create_dir_all(ca_dir)?;
+    let key_path = ca_dir.join("ca.key");
+    let ca_key = if key_path.is_file() {
+        KeyPair::from_pem(&std::fs::read_to_string(&key_path)?)?
+    } else {
+        let key = KeyPair::generate()?;
+        std::fs::write(&key_path, key.serialize_pem())?;
+        key
+    };
+    let params = ca_params()?;
+    std::fs::write(ca_dir.join("ca.pem"), params.self_signed(&ca_key)?.pem())?;
+    let issuer = Issuer::from_params(&params, &ca_key);
+    let leaf_key = KeyPair::generate()?;
+    let leaf = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?
+        .signed_by(&leaf_key, &issuer)?;
+    Ok(axum_server::tls_rustls::RustlsConfig::from_pem(
+        leaf.pem().into_bytes(),
+        leaf_key.serialize_pem().into_bytes(),
+    )
+    .await?)
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let secret = WebhookSecret::from_exposed(args.secret.clone()).context("--secret")?;
+    let shared = Arc::new(Shared {
+        secret,
+        close: args.close,
+        hang_percent: args.hang_percent,
+        fail_percent: args.fail_percent,
+        counters: Counters::default(),
+        seen: Mutex::new(fresh_seen()),
+    });
+    let config = tls(&args.ca_dir).await?;
+    let hooks = Router::new()
+        .route("/hook/{n}", post(receive))
+        .with_state(shared.clone());
+    let stats = Router::new()
+        .route("/stats", get(stats))
+        .route("/reset", post(reset))
+        .with_state(shared);
+    let stats_listener = tokio::net::TcpListener::bind(args.stats).await?;
+    tokio::spawn(async move {
+        let _ = axum::serve(stats_listener, stats).await;
+    });
+    eprintln!(
+        "bench receiver on https://{}/hook/{{n}}, stats on http://{}/stats{}",
+        args.listen,
+        args.stats,
+        if args.close {
+            " (closing every connection)"
+        } else {
+            ""
+        }
+    );
+    axum_server::bind_rustls(args.listen, config)
+        .serve(hooks.into_make_service())
+        .await?;
+    Ok(())
+}
+
+async fn receive(
+    State(shared): State<Arc<Shared>>,
+    Path(n): Path<u64>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let c = &shared.counters;
+    c.requests.fetch_add(1, Ordering::Relaxed);
+    let class = n % 100;
+    if class < shared.hang_percent {
+        c.hung.fetch_add(1, Ordering::Relaxed);
+        // Never answer: the delivery service's timeout ends the attempt.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        return StatusCode::GATEWAY_TIMEOUT.into_response();
+    }
+    let signature = headers
+        .get("x-aioka-signature")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !verify_aioka_signature(&shared.secret, &body, signature) {
+        c.bad_signatures.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    if class < shared.hang_percent + shared.fail_percent {
+        c.failed.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let delivery = headers
+        .get("x-aioka-delivery")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let now = now_ms();
+    let latency_us = event_time_ms(&body).map(|t| now.saturating_sub(t) * 1000);
+    if let Ok(mut seen) = shared.seen.lock() {
+        if seen.deliveries.insert(delivery) {
+            seen.first_ms.get_or_insert(now);
+            seen.last_ms = Some(now);
+            if let Some(us) = latency_us {
+                let _ = seen.latency.record(us.max(1));
+            }
+        } else {
+            seen.duplicates += 1;
+        }
+    }
+    let mut response = StatusCode::OK.into_response();
+    if shared.close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// The envelope's `timestamp` (stamped by the gateway at ingest) in ms since the epoch.
+fn event_time_ms(body: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        timestamp: &'a str,
+    }
+    let envelope: Envelope<'_> = serde_json::from_slice(body).ok()?;
+    let at = chrono::DateTime::parse_from_rfc3339(envelope.timestamp).ok()?;
+    u64::try_from(at.timestamp_millis()).ok()
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    let c = &shared.counters;
+    let Ok(seen) = shared.seen.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let q = |p: f64| seen.latency.value_at_quantile(p) as f64 / 1000.0;
+    axum::Json(serde_json::json!({
+        "requests": c.requests.load(Ordering::Relaxed),
+        "distinct": seen.deliveries.len(),
+        "duplicates": seen.duplicates,
+        "bad_signatures": c.bad_signatures.load(Ordering::Relaxed),
+        "hung": c.hung.load(Ordering::Relaxed),
+        "failed": c.failed.load(Ordering::Relaxed),
+        "first_ms": seen.first_ms,
+        "last_ms": seen.last_ms,
+        "latency_ms": {
+            "p50": q(0.50), "p95": q(0.95), "p99": q(0.99),
+            "max": seen.latency.max() as f64 / 1000.0,
+            "count": seen.latency.len(),
+        },
+    }))
+    .into_response()
+}
+
+async fn reset(State(shared): State<Arc<Shared>>) -> StatusCode {
+    let c = &shared.counters;
+    for counter in [&c.requests, &c.bad_signatures, &c.hung, &c.failed] {
+        counter.store(0, Ordering::Relaxed);
+    }
+    if let Ok(mut seen) = shared.seen.lock() {
+        *seen = fresh_seen();
+    }
+    StatusCode::NO_CONTENT
+}
