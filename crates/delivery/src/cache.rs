@@ -154,6 +154,7 @@ impl Cache {
                     }
                 }
                 Err(e) => {
+                    tracing::warn!(error = %e, webhooks = waiting.len(), "loading webhooks failed; tasks wait and retry");
                     let e = Arc::new(e);
                     for reply in waiting.into_values().flatten() {
                         let _ = reply.send(Err(e.clone()));

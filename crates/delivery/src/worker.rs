@@ -135,7 +135,9 @@ impl Worker {
             match self.cache.get(task.webhook_id).await {
                 Ok(target) => break target,
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "webhook lookup failed");
+                    // Every task in flight waits here during an outage: the cache loader logs
+                    // the failure once per attempt at the database, not once per task.
+                    tracing::debug!(error = %e, retry_in = ?backoff, "webhook lookup failed");
                     tokio::select! {
                         _ = self.stopping.cancelled() => return Done::Requeue,
                         _ = tokio::time::sleep(backoff) => {}

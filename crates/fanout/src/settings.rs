@@ -28,6 +28,8 @@ pub struct FanoutSettings {
     pub shutdown_grace: Duration,
     pub prefetch: u16,
     pub chunk_size: u32,
+    #[serde(deserialize_with = "duration")]
+    pub claim_lease: Duration,
 }
 
 /// The part of `[delivery]` the fanout needs.

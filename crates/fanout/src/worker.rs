@@ -17,8 +17,8 @@ use tracing::Instrument;
 
 use crate::Settings;
 
-/// How long a claim on an event's fan-out lasts without progress.
-const LEASE: Duration = Duration::from_secs(60);
+/// How often a worker waiting on another's claim looks again.
+const CLAIM_POLL: Duration = Duration::from_millis(500);
 /// The header the gateway sets on the events it publishes (direct publishes lack it).
 pub const SOURCE_HEADER: &str = "x-aioka-source";
 
@@ -152,18 +152,26 @@ impl Worker {
             body: &body,
             source,
         };
-        let mut cursor = match self.store.claim_fanout(&new, LEASE).await? {
-            Claim::Claimed { cursor } => cursor,
-            Claim::Done => {
-                tracing::info!("duplicate event: already fanned out");
-                metrics::counter!("aioka_fanout_duplicates_total").increment(1);
-                return Ok(0);
-            }
-            Claim::HeldByOther => {
-                // Another worker holds this event; its copy of the message carries it.
-                tracing::info!("duplicate event: being fanned out by another worker");
-                metrics::counter!("aioka_fanout_duplicates_total").increment(1);
-                return Ok(0);
+        // Another claim on the event means a worker is fanning it out now, or was when it
+        // died: this message may be that very message, redelivered. Hold it until the event
+        // is done (then it is a duplicate) or the claim lapses (then resume where the dead
+        // worker stopped). Acking it earlier could lose the rest of the event.
+        let mut cursor = loop {
+            match self
+                .store
+                .claim_fanout(&new, self.settings.fanout.claim_lease)
+                .await?
+            {
+                Claim::Claimed { cursor } => break cursor,
+                Claim::Done => {
+                    tracing::info!("duplicate event: already fanned out");
+                    metrics::counter!("aioka_fanout_duplicates_total").increment(1);
+                    return Ok(0);
+                }
+                Claim::HeldByOther => {
+                    tracing::debug!("event claimed by another worker; waiting");
+                    tokio::time::sleep(CLAIM_POLL).await;
+                }
             }
         };
         let chunk = i64::from(self.settings.fanout.chunk_size);
@@ -179,7 +187,12 @@ impl Worker {
                 .await?;
             self.publish_tasks(publisher, event, &body, &page).await?;
             self.store
-                .advance_fanout(event.id, last, page.len() as i64, LEASE)
+                .advance_fanout(
+                    event.id,
+                    last,
+                    page.len() as i64,
+                    self.settings.fanout.claim_lease,
+                )
                 .await?;
             published += page.len() as u64;
             metrics::counter!("aioka_fanout_tasks_total").increment(page.len() as u64);

@@ -169,42 +169,70 @@ where
         consume(&connection, &spec.queue, spec.service, spec.prefetch).await?;
     connected(true);
     tracing::info!(queue = %spec.queue, prefetch = spec.prefetch, "consuming");
-    let work = consumer
-        .take_until(shutdown.cancelled())
-        .for_each_concurrent(usize::from(spec.prefetch), |message| {
-            let publisher = publisher.clone();
-            async move {
+    let handle_one = |delivery: Delivery| {
+        let publisher = publisher.clone();
+        async move {
+            // A handler that panics must not take the consumer down with it: the message
+            // goes back to its queue, and after the queue's delivery limit the broker parks
+            // it (x-death says why) while the rest flows on.
+            let acker = delivery.acker.clone();
+            let handled = std::panic::AssertUnwindSafe(handle(publisher, delivery))
+                .catch_unwind()
+                .await;
+            if handled.is_err() {
+                tracing::error!(queue = %spec.queue, "message handler panicked; requeueing");
+                metrics::counter!("aioka_handler_panics_total", "queue" => spec.queue.clone())
+                    .increment(1);
+                let options = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                let _ = acker.nack(options).await;
+            }
+        }
+    };
+    // The consumer stays alive until every message in hand is settled: dropping it cancels
+    // the consumer on the broker, and acks sent after that were seen not to take effect
+    // (the messages came back as duplicates after a SIGTERM). On shutdown we only stop
+    // taking new messages; those prefetched but not started go back when the channel closes.
+    let mut consumer = consumer;
+    let mut in_hand = futures_util::stream::FuturesUnordered::new();
+    let mut stopping = false;
+    let mut ended = false;
+    let grace = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(grace);
+    loop {
+        if stopping && in_hand.is_empty() {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                grace.as_mut().reset(tokio::time::Instant::now() + spec.grace);
+            }
+            _ = &mut grace, if stopping => {
+                tracing::warn!(grace = ?spec.grace, in_hand = in_hand.len(), "messages still in hand after the grace period; handing them back");
+                break;
+            }
+            Some(()) = in_hand.next(), if !in_hand.is_empty() => {}
+            message = consumer.next(), if !stopping && in_hand.len() < usize::from(spec.prefetch.max(1)) => {
                 match message {
-                    Ok(delivery) => {
-                        // A handler that panics must not take the consumer down with it: the
-                        // message goes back to its queue, and after the queue's delivery limit
-                        // the broker parks it (x-death says why) while the rest flows on.
-                        let acker = delivery.acker.clone();
-                        let handled = std::panic::AssertUnwindSafe(handle(publisher, delivery))
-                            .catch_unwind()
-                            .await;
-                        if handled.is_err() {
-                            tracing::error!(queue = %spec.queue, "message handler panicked; requeueing");
-                            metrics::counter!("aioka_handler_panics_total", "queue" => spec.queue.clone())
-                                .increment(1);
-                            let options = BasicNackOptions {
-                                requeue: true,
-                                ..BasicNackOptions::default()
-                            };
-                            let _ = acker.nack(options).await;
-                        }
+                    Some(Ok(delivery)) => in_hand.push(handle_one(delivery)),
+                    Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                    None => {
+                        // The channel or connection closed under us: settle nothing more
+                        // here (acks would not arrive); the broker requeues what we held.
+                        ended = true;
+                        break;
                     }
-                    Err(e) => tracing::warn!(error = %e, "consumer error"),
                 }
             }
-        });
-    tokio::pin!(work);
-    tokio::select! {
-        _ = &mut work => {}
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(spec.grace).await } => {
-            // Closing the channel hands every unacknowledged message back to the queue.
-            tracing::warn!(grace = ?spec.grace, "messages still in hand after the grace period; handing them back");
         }
+    }
+    drop(in_hand);
+    drop(consumer);
+    if ended && !shutdown.is_cancelled() {
+        return Err(SessionError::Ended);
     }
     let _ = channel.close(200, "shutdown".into()).await;
     let _ = connection.close(200, "shutdown".into()).await;

@@ -106,3 +106,73 @@ async fn dropped_broker_connections_lose_no_accepted_event() {
     // The services report ready again, by themselves.
     system.wait_ready().await;
 }
+
+#[tokio::test]
+async fn a_fan_out_left_half_done_by_a_dead_worker_is_finished_by_the_next() {
+    let system = crate::System::start_with(crate::Options {
+        env: vec![("AIOKA__FANOUT__CLAIM_LEASE", "1s".into())],
+        ..crate::Options::default()
+    })
+    .await;
+    let receiver = system.receiver().await;
+    let producer = system.producer().await;
+    let mut webhooks = Vec::new();
+    for _ in 0..3 {
+        let customer = system.customer().await;
+        for _ in 0..5 {
+            webhooks.push(
+                system
+                    .register(&customer, &receiver.url, &["regime.change"])
+                    .await
+                    .0,
+            );
+        }
+    }
+    let mut body = sample(EventType::RegimeChange);
+    body["id"] = json!("regime-2026-04-20T13:45");
+    body["timestamp"] = json!("2026-04-20T13:45:00Z");
+    // A fanout worker claimed this event, published its first chunk, and died: its message
+    // comes back to the next worker, which finds the claim still held.
+    let event = aioka_core::event::parse_ingest(&body).unwrap();
+    let envelope = String::from_utf8(event.envelope.to_body()).unwrap();
+    let store = &system.db.store;
+    let claim = store
+        .claim_fanout(
+            &aioka_store::NewEvent {
+                id: event.id,
+                event_type: event.envelope.event,
+                occurred_at: event.occurred_at,
+                body: &envelope,
+                source: aioka_store::EventSource::Http,
+            },
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(claim, aioka_store::Claim::Claimed { cursor: None });
+
+    system.publish(&producer, body).await;
+    let received = receiver.wait_for(15, PATIENCE).await;
+    let distinct: BTreeSet<&str> = received
+        .iter()
+        .map(|r| r.header("x-aioka-delivery"))
+        .collect();
+    assert_eq!(
+        distinct.len(),
+        15,
+        "every subscriber receives the event once the claim lapses"
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (tasks, done) = store.fanout_progress(event.id).await.unwrap().unwrap();
+        if done {
+            assert_eq!(tasks, 15);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fan-out never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
