@@ -199,8 +199,17 @@ pub async fn burst(args: BurstArgs) -> anyhow::Result<()> {
             "latency_ms": s["latency_ms"],
         })
     );
-    if distinct < args.expect {
-        bail!("{} of {} deliveries arrived", distinct, args.expect);
+    check(&s, distinct, args.expect)
+}
+
+/// A run that lost a delivery or received a bad signature is a failed run.
+fn check(stats: &Value, distinct: u64, expect: u64) -> anyhow::Result<()> {
+    if distinct < expect {
+        bail!("{distinct} of {expect} deliveries arrived");
+    }
+    let bad = stats["bad_signatures"].as_u64().unwrap_or(0);
+    if bad > 0 {
+        bail!("{bad} deliveries arrived with an invalid X-AIOKA-Signature");
     }
     Ok(())
 }
@@ -280,10 +289,7 @@ pub async fn sustained(args: SustainedArgs) -> anyhow::Result<()> {
             "deepest_backlog": deepest,
         })
     );
-    if distinct < expect {
-        bail!("{distinct} of {expect} deliveries arrived");
-    }
-    Ok(())
+    check(&s, distinct, expect)
 }
 
 static DEEPEST: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -385,8 +391,5 @@ pub async fn wait(args: WaitArgs) -> anyhow::Result<()> {
     .await?;
     println!("{s}");
     let distinct = s["distinct"].as_u64().unwrap_or(0);
-    if distinct < args.expect {
-        bail!("{distinct} of {} deliveries arrived", args.expect);
-    }
-    Ok(())
+    check(&s, distinct, args.expect)
 }

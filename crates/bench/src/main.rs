@@ -10,6 +10,10 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
+// mimalloc: glibc's malloc was about a sixth of the delivery service's profile under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod load;
 mod receiver;
 mod resources;

@@ -13,6 +13,7 @@ mod cache;
 pub mod client;
 mod recorder;
 pub mod settings;
+mod tls_sessions;
 mod worker;
 
 use std::sync::Arc;
@@ -57,6 +58,7 @@ pub async fn run(
         },
         d.record_batch_size,
         d.record_flush_interval,
+        d.record_writers,
         background.clone(),
     );
     let topology = Topology::new(

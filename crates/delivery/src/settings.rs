@@ -38,6 +38,7 @@ pub struct DeliverySettings {
     pub max_response_bytes: usize,
     pub extra_root_certs: String,
     pub record_batch_size: usize,
+    pub record_writers: usize,
     #[serde(deserialize_with = "duration")]
     pub record_flush_interval: Duration,
     #[serde(deserialize_with = "duration")]
@@ -90,6 +91,12 @@ impl Settings {
         }
         if d.record_batch_size == 0 {
             return invalid("record_batch_size", "must be at least 1");
+        }
+        if d.record_writers == 0 || d.record_writers > 16 {
+            return invalid(
+                "record_writers",
+                "must be 1 to 16 (each holds a database connection)",
+            );
         }
         if !d.extra_root_certs.is_empty() && !std::path::Path::new(&d.extra_root_certs).is_file() {
             return invalid("extra_root_certs", "is not a readable file");

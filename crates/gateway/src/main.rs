@@ -1,6 +1,10 @@
 //! `aioka-gateway`: loads settings and telemetry, binds the listener, runs until SIGTERM.
 #![forbid(unsafe_code)]
 
+// mimalloc: glibc's malloc was about a sixth of the delivery service's profile under load.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use aioka_gateway::{Listeners, Settings, run};
 
 #[tokio::main]

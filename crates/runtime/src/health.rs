@@ -52,8 +52,9 @@ impl Health {
         self.snapshot().values().all(|ready| *ready)
     }
 
-    /// Keeps `component` set to the result of `probe`, checked every 5 s (every second while
-    /// it fails), until `shutdown`.
+    /// Keeps `component` set to the result of `probe`, checked every second, until
+    /// `shutdown`. A second is short enough to report a PostgreSQL restart (about 2 s here)
+    /// and cheap: one `SELECT 1` or one broker status check.
     pub fn watch<F, Fut>(&self, component: &'static str, probe: F, shutdown: CancellationToken)
     where
         F: Fn() -> Fut + Send + 'static,
@@ -64,7 +65,7 @@ impl Health {
             loop {
                 let ok = probe().await;
                 health.set(component, ok);
-                let pause = Duration::from_secs(if ok { 5 } else { 1 });
+                let pause = Duration::from_secs(1);
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(pause) => {}
