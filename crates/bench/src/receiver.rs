@@ -170,7 +170,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ""
         }
     );
-    axum_server::bind_rustls(args.listen, config)
+    // TCP_NODELAY, as real servers set it: without it a kept-alive connection's response
+    // waits ~40 ms on Nagle and delayed ACKs, which measured the receiver, not us.
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    axum_server::bind(args.listen)
+        .acceptor(acceptor)
         .serve(hooks.into_make_service())
         .await?;
     Ok(())

@@ -83,7 +83,10 @@ pub async fn serve(
     });
     let app = Router::new().fallback(post(receive)).with_state(shared);
     eprintln!("receiving on https://{listen}/ (any path); answering {status}");
-    axum_server::bind_rustls(listen, tls)
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+    axum_server::bind(listen)
+        .acceptor(acceptor)
         .serve(app.into_make_service())
         .await?;
     Ok(())

@@ -169,8 +169,9 @@ impl Worker {
             }
         };
 
-        let result = self.sender.send(url, &task, secret).await;
+        // The attempt's time is when it started: the log orders and shows attempts by it.
         let at = Utc::now();
+        let result = self.sender.send(url, &task, secret).await;
         metrics::counter!(
             "aioka_delivery_attempts_total",
             "result" => if result.outcome == Outcome::Success { "success" } else { result.error_kind.unwrap_or("failure") },
@@ -207,7 +208,8 @@ impl Worker {
                 tracing::warn!(error = %e, "could not schedule the retry; requeueing the attempt");
                 return Done::Requeue;
             }
-            next_retry_at = Some(at + chrono::Duration::from_std(delay).unwrap_or_default());
+            next_retry_at =
+                Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
         }
         tracing::info!(
             outcome = ?result.outcome,

@@ -242,7 +242,11 @@ impl Store {
         let mut d_last: Vec<Option<DateTime<Utc>>> = Vec::new();
         let mut d_next: Vec<Option<DateTime<Utc>>> = Vec::new();
         let mut d_skip: Vec<Option<&str>> = Vec::new();
-        for r in latest.values() {
+        // Rows created by this batch get their log order (seq) in the order the attempts
+        // happened.
+        let mut latest: Vec<&AttemptRecord> = latest.into_values().collect();
+        latest.sort_by_key(|r| r.at);
+        for r in latest {
             d_id.push(r.delivery_id.as_uuid());
             d_event.push(r.event_id.as_uuid());
             d_hook.push(r.webhook_id.as_uuid());

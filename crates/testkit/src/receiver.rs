@@ -191,8 +191,12 @@ impl Receiver {
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let handle = axum_server::Handle::new();
-        let server = axum_server::from_tcp_rustls(listener, config)
+        // TCP_NODELAY, as real servers set it (else ~40 ms per kept-alive response).
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        let server = axum_server::from_tcp(listener)
             .expect("receiver server")
+            .acceptor(acceptor)
             .handle(handle.clone());
         tokio::spawn(async move {
             let _ = server.serve(app.into_make_service()).await;

@@ -130,6 +130,12 @@ async fn the_delivery_log_pages_newest_first() {
         );
         receiver.wait_for(events.len(), PATIENCE).await;
     }
+    // A delivery's row is written with its first attempt, in a batch: wait for the last.
+    system
+        .wait_for_delivery(&customer, &webhook, |d| {
+            d["event_id"] == events[4].as_str() && d["status"] == "succeeded"
+        })
+        .await;
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
