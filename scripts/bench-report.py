@@ -40,7 +40,14 @@ def f(x, digits=1):
     return "—" if x is None else f"{x:,.{digits}f}"
 
 
-env = {k: v for k, v in os.environ.items() if k.startswith("AIOKA__")}
+env = {}
+if len(sys.argv) > 4 and os.path.exists(sys.argv[4]):
+    for line in open(sys.argv[4]):
+        if "=" in line:
+            k, v = line.strip().split("=", 1)
+            env[k] = v
+else:
+    env = {k: v for k, v in os.environ.items() if k.startswith("AIOKA__")}
 print("# Benchmarks\n")
 print("Produced by `scripts/bench" + (" --quick" if quick else "") + "` (see the script and "
       "`crates/bench`). Everything runs on one machine: RabbitMQ, PostgreSQL, the three services, "
