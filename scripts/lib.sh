@@ -7,6 +7,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RUN="$ROOT/.run"
 mkdir -p "$RUN"
 
+# Set to 1 by ensure_postgres / ensure_rabbitmq when they had to start the service; only
+# scripts/up records it (for scripts/down, which stops only what up started).
+STARTED_POSTGRES=0
+STARTED_RABBITMQ=0
+
 PG_HOST="${AIOKA_PG_HOST:-127.0.0.1}"
 PG_PORT="${AIOKA_PG_PORT:-5432}"
 AMQP_HOST="${AIOKA_AMQP_HOST:-127.0.0.1}"
@@ -63,7 +68,7 @@ ensure_postgres() {
   pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 2>&1 ||
     pg_ctlcluster "$version" main start >&2 ||
     die "could not start PostgreSQL $version (see /var/log/postgresql/)."
-  touch "$RUN/started-postgres"
+  STARTED_POSTGRES=1
   wait_port "$PG_HOST" "$PG_PORT" 30 || die "PostgreSQL did not open $PG_HOST:$PG_PORT within 30 s."
 }
 
@@ -78,7 +83,7 @@ ensure_rabbitmq() {
   fi
   say "starting the machine's RabbitMQ"
   rabbitmq-server -detached >&2 2>&1 || die "could not start RabbitMQ (see /var/log/rabbitmq/)."
-  touch "$RUN/started-rabbitmq"
+  STARTED_RABBITMQ=1
   wait_port "$AMQP_HOST" "$AMQP_PORT" 90 || die "RabbitMQ did not open $AMQP_HOST:$AMQP_PORT within 90 s."
 }
 
