@@ -106,9 +106,12 @@ impl Worker {
                 Some("http") => EventSource::Http,
                 _ => EventSource::Amqp,
             };
+            // This message's claim token: its own retries re-take the claim at once; another
+            // copy of the event (or this message redelivered after a crash) waits it out.
+            let holder = uuid::Uuid::new_v4();
             let mut backoff = Duration::from_millis(100);
             loop {
-                match self.fan_out(publisher, &event, source).await {
+                match self.fan_out(publisher, &event, source, holder).await {
                     Ok(tasks) => {
                         tracing::Span::current().record("tasks", tasks);
                         aioka_queue::ack(&delivery).await;
@@ -143,6 +146,7 @@ impl Worker {
         publisher: &Publisher,
         event: &ValidEvent,
         source: EventSource,
+        holder: uuid::Uuid,
     ) -> Result<u64, Transient> {
         let body = String::from_utf8_lossy(&event.envelope.to_body()).into_owned();
         let new = NewEvent {
@@ -159,7 +163,7 @@ impl Worker {
         let mut cursor = loop {
             match self
                 .store
-                .claim_fanout(&new, self.settings.fanout.claim_lease)
+                .claim_fanout(&new, self.settings.fanout.claim_lease, holder)
                 .await?
             {
                 Claim::Claimed { cursor } => break cursor,

@@ -59,12 +59,15 @@ fn seconds(d: Duration) -> f64 {
 }
 
 impl Store {
-    /// Stores the event if it is new and claims its fan-out for `lease`.
+    /// Stores the event if it is new and claims its fan-out for `lease` on behalf of
+    /// `holder`. A claim held by someone else blocks until it lapses; one held by `holder`
+    /// itself (a retry after a failed step) is taken again at once.
     #[tracing::instrument(skip_all, fields(event_id = %event.id))]
     pub async fn claim_fanout(
         &self,
         event: &NewEvent<'_>,
         lease: Duration,
+        holder: uuid::Uuid,
     ) -> Result<Claim, StoreError> {
         let client = self.pool.get().await?;
         client
@@ -82,11 +85,13 @@ impl Store {
             .await?;
         let claimed = client
             .query_opt(
-                "UPDATE events SET fanout_lease_until = now() + $2::float8 * interval '1 second'
+                "UPDATE events SET fanout_lease_until = now() + $2::float8 * interval '1 second',
+                                  fanout_holder = $3
                  WHERE id = $1 AND fanned_out_at IS NULL
-                   AND (fanout_lease_until IS NULL OR fanout_lease_until < now())
+                   AND (fanout_lease_until IS NULL OR fanout_lease_until < now()
+                        OR fanout_holder = $3)
                  RETURNING fanout_cursor",
-                &[&event.id.as_uuid(), &seconds(lease)],
+                &[&event.id.as_uuid(), &seconds(lease), &holder],
             )
             .await?;
         if let Some(row) = claimed {

@@ -146,6 +146,7 @@ async fn a_fan_out_left_half_done_by_a_dead_worker_is_finished_by_the_next() {
                 source: aioka_store::EventSource::Http,
             },
             Duration::from_secs(1),
+            uuid::Uuid::new_v4(),
         )
         .await
         .unwrap();
