@@ -190,6 +190,27 @@ impl System {
         response.json().await.unwrap()
     }
 
+    /// A receiver, a customer with one webhook to it for `events`, and a producer: the
+    /// start of most tests. Returns (receiver, customer key, producer key, webhook id, secret).
+    pub async fn subscriber(&self, events: &[&str]) -> (Receiver, String, String, String, String) {
+        let receiver = self.receiver().await;
+        let customer = self.customer().await;
+        let producer = self.producer().await;
+        let (webhook, secret) = self.register(&customer, &receiver.url, events).await;
+        (receiver, customer, producer, webhook, secret)
+    }
+
+    /// `PATCH` with a JSON body.
+    pub async fn patch(&self, path: &str, key: &str, body: &Value) -> Response {
+        self.client
+            .patch(self.url(path))
+            .header("X-API-Key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// Registers a webhook; returns its id and secret.
     pub async fn register(&self, key: &str, url: &str, events: &[&str]) -> (String, String) {
         let response = self

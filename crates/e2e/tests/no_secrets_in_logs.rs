@@ -39,13 +39,9 @@ async fn no_secret_or_key_appears_in_any_log_line() {
         ..Options::default()
     })
     .await;
-    let receiver = system.receiver().await;
+    let (receiver, customer, producer, webhook, secret) =
+        system.subscriber(&["verdict.new", "macro.alert"]).await;
     receiver.script(&[500, 503]);
-    let customer = system.customer().await;
-    let producer = system.producer().await;
-    let (webhook, secret) = system
-        .register(&customer, &receiver.url, &["verdict.new", "macro.alert"])
-        .await;
     system
         .publish(&producer, sample(EventType::VerdictNew))
         .await;
@@ -62,13 +58,12 @@ async fn no_secret_or_key_appears_in_any_log_line() {
     assert_eq!(r.status(), 202);
     receiver.wait_for(4, PATIENCE).await;
     let r = system
-        .client
-        .patch(system.url(&format!("/v1/webhooks/{webhook}")))
-        .header("X-API-Key", &customer)
-        .json(&json!({"is_active": false}))
-        .send()
-        .await
-        .unwrap();
+        .patch(
+            &format!("/v1/webhooks/{webhook}"),
+            &customer,
+            &json!({"is_active": false}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     // Refusals log too: a wrong key, a producer key on the customer API, a bad body.
     system.post("/v1/webhooks", &producer, &json!({})).await;

@@ -15,13 +15,8 @@ async fn a_failing_receiver_gets_every_attempt_after_each_delay_with_the_same_de
         ..Options::default()
     })
     .await;
-    let receiver = system.receiver().await;
+    let (receiver, customer, producer, webhook, secret) = system.subscriber(&["verdict.new"]).await;
     receiver.respond_with(500);
-    let customer = system.customer().await;
-    let producer = system.producer().await;
-    let (webhook, secret) = system
-        .register(&customer, &receiver.url, &["verdict.new"])
-        .await;
     system
         .publish(&producer, sample(EventType::VerdictNew))
         .await;
@@ -72,13 +67,8 @@ async fn a_failing_receiver_gets_every_attempt_after_each_delay_with_the_same_de
 #[tokio::test]
 async fn a_success_on_a_retry_resets_the_failure_count() {
     let system = System::start().await;
-    let receiver = system.receiver().await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["council.new"]).await;
     receiver.script(&[503, 502]);
-    let customer = system.customer().await;
-    let producer = system.producer().await;
-    let (webhook, _) = system
-        .register(&customer, &receiver.url, &["council.new"])
-        .await;
     system
         .publish(&producer, sample(EventType::CouncilNew))
         .await;
@@ -106,13 +96,8 @@ async fn ten_consecutive_failures_disable_the_webhook() {
         ..Options::default()
     })
     .await;
-    let receiver = system.receiver().await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["regime.change"]).await;
     receiver.respond_with(500);
-    let customer = system.customer().await;
-    let producer = system.producer().await;
-    let (webhook, _) = system
-        .register(&customer, &receiver.url, &["regime.change"])
-        .await;
     // Two attempts per event: five events make the ten failures.
     for _ in 0..5 {
         system
@@ -138,13 +123,12 @@ async fn ten_consecutive_failures_disable_the_webhook() {
 
     receiver.respond_with(200);
     let r = system
-        .client
-        .patch(system.url(&format!("/v1/webhooks/{webhook}")))
-        .header("X-API-Key", &customer)
-        .json(&json!({"is_active": true}))
-        .send()
-        .await
-        .unwrap();
+        .patch(
+            &format!("/v1/webhooks/{webhook}"),
+            &customer,
+            &json!({"is_active": true}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let hook: serde_json::Value = r.json().await.unwrap();
     assert_eq!(hook["consecutive_failures"], 0);
@@ -162,13 +146,8 @@ async fn a_410_gone_disables_at_once_and_queued_retries_are_skipped() {
         ..Options::default()
     })
     .await;
-    let receiver = system.receiver().await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["ghost.signal"]).await;
     receiver.respond_with(410);
-    let customer = system.customer().await;
-    let producer = system.producer().await;
-    let (webhook, _) = system
-        .register(&customer, &receiver.url, &["ghost.signal"])
-        .await;
     system
         .publish(&producer, sample(EventType::GhostSignal))
         .await;
@@ -194,25 +173,19 @@ async fn a_task_for_a_webhook_disabled_while_it_waited_is_skipped_not_sent() {
         ..Options::default()
     })
     .await;
-    let receiver = system.receiver().await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["verdict.new"]).await;
     receiver.respond_with(500);
-    let customer = system.customer().await;
-    let producer = system.producer().await;
-    let (webhook, _) = system
-        .register(&customer, &receiver.url, &["verdict.new"])
-        .await;
     system
         .publish(&producer, sample(EventType::VerdictNew))
         .await;
     receiver.wait_for(1, PATIENCE).await;
     let r = system
-        .client
-        .patch(system.url(&format!("/v1/webhooks/{webhook}")))
-        .header("X-API-Key", &customer)
-        .json(&json!({"is_active": false}))
-        .send()
-        .await
-        .unwrap();
+        .patch(
+            &format!("/v1/webhooks/{webhook}"),
+            &customer,
+            &json!({"is_active": false}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let logged = system
         .wait_for_delivery(&customer, &webhook, |d| d["status"] == "skipped")
@@ -229,13 +202,8 @@ async fn deleting_a_webhook_stops_its_deliveries() {
         ..Options::default()
     })
     .await;
-    let receiver = system.receiver().await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["macro.alert"]).await;
     receiver.respond_with(500);
-    let customer = system.customer().await;
-    let producer = system.producer().await;
-    let (webhook, _) = system
-        .register(&customer, &receiver.url, &["macro.alert"])
-        .await;
     let event_id = system
         .publish(&producer, sample(EventType::MacroAlert))
         .await;

@@ -97,14 +97,9 @@ async fn a_429_with_retry_after_is_retried_through_a_long_enough_tier() {
         ..Options::default()
     })
     .await;
-    let receiver = system.receiver().await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["verdict.new"]).await;
     receiver.script(&[429]);
     receiver.retry_after("1");
-    let customer = system.customer().await;
-    let producer = system.producer().await;
-    let (webhook, _) = system
-        .register(&customer, &receiver.url, &["verdict.new"])
-        .await;
     system
         .publish(&producer, sample(EventType::VerdictNew))
         .await;

@@ -67,13 +67,12 @@ async fn an_event_fans_out_to_exactly_the_active_subscribers_of_its_type() {
             if i == 4 {
                 // A disabled subscriber receives nothing.
                 let r = system
-                    .client
-                    .patch(system.url(&format!("/v1/webhooks/{id}")))
-                    .header("X-API-Key", &customer)
-                    .json(&json!({"is_active": false}))
-                    .send()
-                    .await
-                    .unwrap();
+                    .patch(
+                        &format!("/v1/webhooks/{id}"),
+                        &customer,
+                        &json!({"is_active": false}),
+                    )
+                    .await;
                 assert_eq!(r.status(), 200);
             } else if i % 2 == 0 {
                 expected.push(format!("w={n}"));
@@ -123,12 +122,7 @@ async fn an_event_fans_out_to_exactly_the_active_subscribers_of_its_type() {
 #[tokio::test]
 async fn the_body_is_the_seed_envelope_byte_for_byte_with_every_header() {
     let system = System::start().await;
-    let receiver = system.receiver().await;
-    let customer = system.customer().await;
-    let producer = system.producer().await;
-    let (webhook, secret) = system
-        .register(&customer, &receiver.url, &["verdict.new"])
-        .await;
+    let (receiver, customer, producer, webhook, secret) = system.subscriber(&["verdict.new"]).await;
     system
         .publish(&producer, verdict(Some("2026-04-20T14:32:00Z")))
         .await;

@@ -115,12 +115,7 @@ async fn a_test_event_names_what_is_wrong() {
 #[tokio::test]
 async fn the_delivery_log_pages_newest_first() {
     let system = System::start().await;
-    let receiver = system.receiver().await;
-    let customer = system.customer().await;
-    let producer = system.producer().await;
-    let (webhook, _) = system
-        .register(&customer, &receiver.url, &["regime.change"])
-        .await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["regime.change"]).await;
     let mut events = Vec::new();
     for _ in 0..5 {
         events.push(
@@ -186,13 +181,8 @@ async fn a_failed_delivery_can_be_re_sent_under_the_same_id() {
         ..Options::default()
     })
     .await;
-    let receiver = system.receiver().await;
+    let (receiver, customer, producer, webhook, secret) = system.subscriber(&["council.new"]).await;
     receiver.respond_with(500);
-    let customer = system.customer().await;
-    let producer = system.producer().await;
-    let (webhook, secret) = system
-        .register(&customer, &receiver.url, &["council.new"])
-        .await;
     system
         .publish(&producer, sample(EventType::CouncilNew))
         .await;
@@ -243,13 +233,12 @@ async fn patch_changes_the_url_and_the_events() {
         .register(&customer, &first.url, &["verdict.new"])
         .await;
     let r = system
-        .client
-        .patch(system.url(&format!("/v1/webhooks/{webhook}")))
-        .header("X-API-Key", &customer)
-        .json(&json!({"url": second.url, "events": ["council.new"]}))
-        .send()
-        .await
-        .unwrap();
+        .patch(
+            &format!("/v1/webhooks/{webhook}"),
+            &customer,
+            &json!({"url": second.url, "events": ["council.new"]}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["url"], second.url.as_str());
@@ -272,13 +261,8 @@ async fn patch_changes_the_url_and_the_events() {
         (json!({"secret": "x"}), "unknown_field"),
     ] {
         let r = system
-            .client
-            .patch(system.url(&format!("/v1/webhooks/{webhook}")))
-            .header("X-API-Key", &customer)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .patch(&format!("/v1/webhooks/{webhook}"), &customer, &body)
+            .await;
         assert_eq!(r.status(), 422, "{body}");
         let error: Value = r.json().await.unwrap();
         assert_eq!(error["error"]["code"], code, "{error}");
