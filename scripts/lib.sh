@@ -52,6 +52,17 @@ ensure_toolchain() {
   fi
 }
 
+# A build of every test needs a few GB under target/; running out mid-build fails with a
+# rustc I/O error that hides the cause, so say it first.
+ensure_disk() { # gigabytes needed
+  local need=${1:-4} free
+  mkdir -p "$ROOT/target"
+  free=$(df -Pk "$ROOT/target" | awk 'NR == 2 { print int($4 / 1048576) }')
+  if [ -n "$free" ] && [ "$free" -lt "$need" ]; then
+    die "only ${free} GB free for $ROOT/target; building and testing needs about ${need} GB. Free space (cargo clean in other checkouts), then run this again."
+  fi
+}
+
 ensure_postgres() {
   if port_open "$PG_HOST" "$PG_PORT"; then return 0; fi
   if [ "$PG_HOST" != 127.0.0.1 ] && [ "$PG_HOST" != localhost ]; then
