@@ -94,6 +94,9 @@ pub async fn park(
     Ok(())
 }
 
+/// Unacknowledged messages per consumer channel at most; a larger prefetch opens more channels.
+pub const PER_CHANNEL: u16 = 128;
+
 /// What [`run_consumer`] consumes, and as whom.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec<'a> {
@@ -165,10 +168,29 @@ where
     let connection = connect(spec.url, &spec.topology.connection_name(spec.service)).await?;
     let publisher = Publisher::new(&connection).await?;
     spec.topology.declare(publisher.channel()).await?;
-    let (channel, consumer) =
-        consume(&connection, &spec.queue, spec.service, spec.prefetch).await?;
+    // The prefetch is spread over channels of at most PER_CHANNEL messages each. RabbitMQ
+    // finds the message a single ack names by walking its channel's unacked list from the
+    // oldest: with one channel of 2048 and a few attempts hanging at the head for 10 s, every
+    // ack walked (and copied) hundreds of entries, and the broker's CPU tripled.
+    let channels = spec.prefetch.max(1).div_ceil(PER_CHANNEL);
+    let per_channel = spec.prefetch.max(1).div_ceil(channels);
+    let mut open = Vec::with_capacity(usize::from(channels));
+    let mut streams = Vec::with_capacity(usize::from(channels));
+    for _ in 0..channels {
+        let (channel, consumer) =
+            consume(&connection, &spec.queue, spec.service, per_channel).await?;
+        open.push(channel);
+        // Each consumer's end shows as a `None` item, so one closed channel ends the session.
+        streams.push(
+            consumer
+                .map(Some)
+                .chain(futures_util::stream::once(async { None }))
+                .boxed(),
+        );
+    }
+    let consumer = futures_util::stream::select_all(streams);
     connected(true);
-    tracing::info!(queue = %spec.queue, prefetch = spec.prefetch, "consuming");
+    tracing::info!(queue = %spec.queue, prefetch = spec.prefetch, channels, "consuming");
     let handle_one = |delivery: Delivery| {
         let publisher = publisher.clone();
         async move {
@@ -216,7 +238,7 @@ where
             }
             Some(()) = in_hand.next(), if !in_hand.is_empty() => {}
             message = consumer.next(), if !stopping && in_hand.len() < usize::from(spec.prefetch.max(1)) => {
-                match message {
+                match message.flatten() {
                     Some(Ok(delivery)) => in_hand.push(handle_one(delivery)),
                     Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                     None => {
@@ -234,7 +256,9 @@ where
     if ended && !shutdown.is_cancelled() {
         return Err(SessionError::Ended);
     }
-    let _ = channel.close(200, "shutdown".into()).await;
+    for channel in &open {
+        let _ = channel.close(200, "shutdown".into()).await;
+    }
     let _ = connection.close(200, "shutdown".into()).await;
     if shutdown.is_cancelled() {
         Ok(())

@@ -12,7 +12,9 @@ mod shared;
 mod topology;
 mod trace;
 
-pub use consumer::{ConsumerSpec, ack, consume, park, requeue, run_consumer, sample_queue_depth};
+pub use consumer::{
+    ConsumerSpec, PER_CHANNEL, ack, consume, park, requeue, run_consumer, sample_queue_depth,
+};
 pub use lapin;
 pub use publisher::{Pending, Publisher, QueueError, connect, header_str, persistent_json};
 pub use shared::SharedPublisher;

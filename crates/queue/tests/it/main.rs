@@ -106,3 +106,117 @@ async fn a_message_whose_handler_panics_is_parked_after_the_delivery_limit_while
     shutdown.cancel();
     consumer.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_large_prefetch_is_spread_over_channels_and_every_ack_lands_on_its_own() {
+    aioka_testkit::init_logs();
+    let broker = TestBroker::new("1s");
+    let topology = broker.topology();
+    let connection = broker.connect().await;
+    let publisher = Publisher::new(&connection).await.unwrap();
+    topology.declare(publisher.channel()).await.unwrap();
+    let total = 600_usize;
+    for i in 0..total {
+        publisher
+            .publish(
+                &topology.deliveries_exchange(),
+                aioka_queue::DELIVERY_KEY,
+                i.to_string().as_bytes(),
+                persistent_json(None, Default::default()),
+            )
+            .await
+            .unwrap();
+    }
+
+    // Every tenth message is held until released, as an attempt to a hanging endpoint is,
+    // while the others are acked at once; a prefetch of 300 takes three channels.
+    let prefetch = 3 * aioka_queue::PER_CHANNEL;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let redelivered = Arc::new(AtomicUsize::new(0));
+    let release = CancellationToken::new();
+    let shutdown = CancellationToken::new();
+    let consumer = {
+        let (seen, redelivered) = (seen.clone(), redelivered.clone());
+        let (release, shutdown) = (release.clone(), shutdown.clone());
+        let url = broker.url.clone();
+        let topology = topology.clone();
+        tokio::spawn(async move {
+            let spec = ConsumerSpec {
+                url: &url,
+                topology: &topology,
+                service: "test",
+                queue: topology.delivery_queue(),
+                prefetch,
+                grace: Duration::from_secs(5),
+            };
+            run_consumer(
+                spec,
+                &shutdown,
+                |_| {},
+                |_publisher, delivery| {
+                    let (seen, redelivered, release) =
+                        (seen.clone(), redelivered.clone(), release.clone());
+                    async move {
+                        if delivery.redelivered {
+                            redelivered.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let n: usize = std::str::from_utf8(&delivery.data)
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        if n.is_multiple_of(10) {
+                            release.cancelled().await;
+                        }
+                        seen.lock().unwrap().push(n);
+                        aioka_queue::ack(&delivery).await;
+                    }
+                },
+            )
+            .await;
+        })
+    };
+
+    let channel = connection.create_channel().await.unwrap();
+    let passive = aioka_queue::lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let queue = topology.delivery_queue();
+    let mut consumers = 0;
+    for _ in 0..200 {
+        let q = channel
+            .queue_declare(queue.as_str().into(), passive, Default::default())
+            .await
+            .unwrap();
+        consumers = q.consumer_count();
+        if consumers == 3 && seen.lock().unwrap().len() == total - total / 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(consumers, 3, "one consumer per channel of PER_CHANNEL");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        total - total / 10,
+        "the held messages do not hold back the others"
+    );
+    release.cancel();
+    for _ in 0..200 {
+        if seen.lock().unwrap().len() >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    consumer.await.unwrap();
+
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..total).collect::<Vec<_>>(), "each message once");
+    assert_eq!(redelivered.load(Ordering::SeqCst), 0, "no ack went astray");
+    let q = channel
+        .queue_declare(queue.as_str().into(), passive, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(q.message_count(), 0, "nothing left behind");
+}
