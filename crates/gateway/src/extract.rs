@@ -197,17 +197,17 @@ impl FromRequestParts<AppState> for Customer {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = authenticate(parts, state).await?;
-        if key.kind != aioka_core::KeyKind::Customer {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "wrong_key_kind",
-                "producer keys publish events; manage webhooks with a customer key",
-            ));
-        }
-        Ok(Customer(key))
+        authenticate_as(
+            parts,
+            state,
+            aioka_core::KeyKind::Customer,
+            "producer keys publish events; manage webhooks with a customer key",
+        )
+        .await
+        .map(Customer)
     }
 }
+
 /// Two ids from the path, e.g. `/v1/webhooks/{id}/deliveries/{delivery_id}`.
 #[derive(Debug)]
 pub struct IdPath2<A, B>(pub A, pub B);
@@ -252,14 +252,31 @@ impl FromRequestParts<AppState> for Producer {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let key = authenticate(parts, state).await?;
-        if key.kind != aioka_core::KeyKind::Producer {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "wrong_key_kind",
-                "only producer keys may publish events",
-            ));
-        }
-        Ok(Producer(key))
+        authenticate_as(
+            parts,
+            state,
+            aioka_core::KeyKind::Producer,
+            "only producer keys may publish events",
+        )
+        .await
+        .map(Producer)
     }
+}
+
+/// [`authenticate`], then 403 `wrong_key_kind` with `refusal` unless the key is of `kind`.
+async fn authenticate_as(
+    parts: &mut Parts,
+    state: &AppState,
+    kind: aioka_core::KeyKind,
+    refusal: &'static str,
+) -> Result<KeyRecord, ApiError> {
+    let key = authenticate(parts, state).await?;
+    if key.kind != kind {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wrong_key_kind",
+            refusal,
+        ));
+    }
+    Ok(key)
 }
