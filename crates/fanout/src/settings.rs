@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aioka_core::retry::RetrySchedule;
 use aioka_queue::AmqpSettings;
-use aioka_runtime::settings::duration;
+use aioka_runtime::settings::{RetryScheduleOnly, duration};
 use aioka_runtime::{SettingsError, TelemetrySettings};
 use aioka_store::DatabaseSettings;
 use serde::Deserialize;
@@ -17,7 +17,7 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     pub fanout: FanoutSettings,
     pub telemetry: TelemetrySettings,
-    pub delivery: ScheduleOnly,
+    pub delivery: RetryScheduleOnly,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -30,12 +30,6 @@ pub struct FanoutSettings {
     pub chunk_size: u32,
     #[serde(deserialize_with = "duration")]
     pub claim_lease: Duration,
-}
-
-/// The part of `[delivery]` the fanout needs.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ScheduleOnly {
-    pub retry_schedule: String,
 }
 
 impl Settings {
@@ -70,6 +64,6 @@ impl Settings {
     }
 
     pub fn retry_schedule(&self) -> Result<RetrySchedule, SettingsError> {
-        aioka_runtime::settings::retry_schedule(&self.delivery.retry_schedule)
+        self.delivery.schedule()
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aioka_queue::AmqpSettings;
-use aioka_runtime::settings::duration;
+use aioka_runtime::settings::{RetryScheduleOnly, duration};
 use aioka_runtime::{SecuritySettings, SettingsError, TelemetrySettings};
 use aioka_store::DatabaseSettings;
 use serde::Deserialize;
@@ -17,7 +17,7 @@ pub struct Settings {
     pub security: SecuritySettings,
     pub gateway: GatewaySettings,
     pub telemetry: TelemetrySettings,
-    pub delivery: DeliveryScheduleSettings,
+    pub delivery: RetryScheduleOnly,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -34,12 +34,6 @@ pub struct GatewaySettings {
     #[serde(deserialize_with = "duration")]
     pub dns_timeout: Duration,
     pub rate_limit: u32,
-}
-
-/// The part of `[delivery]` the gateway needs; the rest belongs to the delivery service.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DeliveryScheduleSettings {
-    pub retry_schedule: String,
 }
 
 impl Settings {
@@ -81,6 +75,6 @@ impl Settings {
     }
 
     pub fn retry_schedule(&self) -> Result<aioka_core::retry::RetrySchedule, SettingsError> {
-        aioka_runtime::settings::retry_schedule(&self.delivery.retry_schedule)
+        self.delivery.schedule()
     }
 }

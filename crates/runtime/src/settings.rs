@@ -84,6 +84,20 @@ pub fn retry_schedule(text: &str) -> Result<aioka_core::retry::RetrySchedule, Se
     })
 }
 
+/// The part of `[delivery]` the gateway and the fanout read: the retry schedule, whose tiers
+/// are queues of the topology they declare. The rest of `[delivery]` is the delivery
+/// service's.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetryScheduleOnly {
+    pub retry_schedule: String,
+}
+
+impl RetryScheduleOnly {
+    pub fn schedule(&self) -> Result<aioka_core::retry::RetrySchedule, SettingsError> {
+        retry_schedule(&self.retry_schedule)
+    }
+}
+
 /// `[security]`: shared by the gateway, the delivery service and the CLI.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
