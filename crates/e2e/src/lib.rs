@@ -9,8 +9,7 @@ use std::time::Duration;
 use aioka_core::KeyKind;
 use aioka_core::tier::Tier;
 use aioka_store::NewKey;
-use aioka_testkit::{Receiver, TestBroker, TestCa, TestDb, TestEnv};
-use reqwest::{Client, Response};
+use aioka_testkit::{Api, Receiver, TestBroker, TestCa, TestDb, TestEnv};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -20,10 +19,10 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 
 #[derive(Debug)]
 pub struct System {
-    pub gateway: String,
+    /// The gateway's API; `System` derefs to it (`system.post(…)`, `system.client`).
+    pub api: Api,
     /// The admin addresses of gateway, fanout and delivery, in that order.
     pub admins: Vec<String>,
-    pub client: Client,
     pub ca: TestCa,
     pub env: TestEnv,
     pub db: TestDb,
@@ -49,6 +48,14 @@ impl Default for Options {
             delivery_env: Vec::new(),
             env: Vec::new(),
         }
+    }
+}
+
+impl std::ops::Deref for System {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
     }
 }
 
@@ -105,9 +112,8 @@ impl System {
             shutdown.clone(),
         )));
         let system = Self {
-            gateway,
+            api: Api::new(gateway),
             admins,
-            client: aioka_testkit::http_client(),
             ca,
             env,
             db,
@@ -137,10 +143,6 @@ impl System {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.gateway)
-    }
-
     pub async fn receiver(&self) -> Receiver {
         Receiver::start(&self.ca).await
     }
@@ -168,28 +170,6 @@ impl System {
         self.key(KeyKind::Producer, None).await
     }
 
-    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Response {
-        self.client
-            .post(self.url(path))
-            .header("X-API-Key", key)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    pub async fn get_json(&self, path: &str, key: &str) -> Value {
-        let response = self
-            .client
-            .get(self.url(path))
-            .header("X-API-Key", key)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "GET {path}");
-        response.json().await.unwrap()
-    }
-
     /// A receiver, a customer with one webhook to it for `events`, and a producer: the
     /// start of most tests. Returns (receiver, customer key, producer key, webhook id, secret).
     pub async fn subscriber(&self, events: &[&str]) -> (Receiver, String, String, String, String) {
@@ -198,17 +178,6 @@ impl System {
         let producer = self.producer().await;
         let (webhook, secret) = self.register(&customer, &receiver.url, events).await;
         (receiver, customer, producer, webhook, secret)
-    }
-
-    /// `PATCH` with a JSON body.
-    pub async fn patch(&self, path: &str, key: &str, body: &Value) -> Response {
-        self.client
-            .patch(self.url(path))
-            .header("X-API-Key", key)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
     }
 
     /// Registers a webhook; returns its id and secret.

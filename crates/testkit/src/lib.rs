@@ -5,10 +5,12 @@
 //! Nothing here fakes PostgreSQL or RabbitMQ.
 #![forbid(unsafe_code)]
 
+pub mod api;
 mod broker;
 mod db;
 pub mod receiver;
 
+pub use api::Api;
 pub use broker::TestBroker;
 pub use db::TestDb;
 pub use receiver::{Received, Receiver, TestCa, resetting_endpoint};

@@ -11,22 +11,30 @@ use aioka_core::tier::Tier;
 use aioka_core::{ApiKey, KeyKind};
 use aioka_gateway::Settings;
 use aioka_store::{KeyRecord, NewKey};
-use aioka_testkit::{TestBroker, TestDb, TestEnv};
-use reqwest::{Client, Response};
+use aioka_testkit::{Api, TestBroker, TestDb, TestEnv};
+use reqwest::Response;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug)]
 pub struct App {
-    pub base: String,
+    /// The API; `App` derefs to it (`app.post(…)`, `app.client`).
+    pub api: Api,
     pub admin_base: String,
-    pub client: Client,
     pub db: TestDb,
     pub broker: TestBroker,
     pub env: TestEnv,
     shutdown: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl std::ops::Deref for App {
+    type Target = Api;
+
+    fn deref(&self) -> &Api {
+        &self.api
+    }
 }
 
 impl App {
@@ -52,19 +60,14 @@ impl App {
             shutdown.clone(),
         ));
         Self {
-            base,
+            api: Api::new(base),
             admin_base,
-            client: aioka_testkit::http_client(),
             db,
             broker,
             env,
             shutdown,
             handle: Some(handle),
         }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
     }
 
     /// Creates a key the way `aioka keys create` does and returns its plaintext and record.
@@ -90,34 +93,6 @@ impl App {
 
     pub async fn producer(&self) -> String {
         self.key(KeyKind::Producer, None).await.0
-    }
-
-    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Response {
-        self.client
-            .post(self.url(path))
-            .header("X-API-Key", key)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    pub async fn get(&self, path: &str, key: &str) -> Response {
-        self.client
-            .get(self.url(path))
-            .header("X-API-Key", key)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    pub async fn delete(&self, path: &str, key: &str) -> Response {
-        self.client
-            .delete(self.url(path))
-            .header("X-API-Key", key)
-            .send()
-            .await
-            .unwrap()
     }
 
     /// Registers a webhook and returns the 201 body.
