@@ -96,6 +96,7 @@ pub async fn run(
         grace: d.shutdown_grace,
         per_webhook: Default::default(),
         per_webhook_cap: d.max_in_flight_per_webhook,
+        in_flight: metrics::gauge!("aioka_delivery_in_flight"),
         cache,
         sender: client::Sender::new(&d, settings.security.allow_private_targets)?,
         recorder,

@@ -32,6 +32,8 @@ pub(crate) struct Worker {
     /// Attempts in flight per webhook in this process, capped at `per_webhook_cap`.
     pub per_webhook: Mutex<HashMap<WebhookId, u16>>,
     pub per_webhook_cap: u16,
+    /// `aioka_delivery_in_flight`: raised and lowered by each [`Slot`].
+    pub in_flight: metrics::Gauge,
     pub cache: Cache,
     pub sender: Sender,
     pub recorder: Recorder,
@@ -109,13 +111,10 @@ impl Worker {
                 Err(_) => aioka_queue::requeue(&delivery).await,
             };
         };
-        let in_flight = metrics::gauge!("aioka_delivery_in_flight");
-        in_flight.increment(1.0);
         let done = self
             .deliver(publisher, &delivery, task)
             .instrument(span)
             .await;
-        in_flight.decrement(1.0);
         match done {
             Done::Ack => aioka_queue::ack(&delivery).await,
             Done::Requeue => aioka_queue::requeue(&delivery).await,
@@ -244,7 +243,7 @@ impl Worker {
     }
 
     /// A slot for one attempt to `webhook`, or `None` if it has its share already. The slot
-    /// is given back when dropped.
+    /// is given back when dropped, also when the attempt is cut off at shutdown.
     fn take_slot(&self, webhook: WebhookId) -> Option<Slot<'_>> {
         let mut counts = self.per_webhook.lock().ok()?;
         let count = counts.entry(webhook).or_insert(0);
@@ -252,6 +251,7 @@ impl Worker {
             return None;
         }
         *count += 1;
+        self.in_flight.increment(1.0);
         Some(Slot {
             worker: self,
             webhook,
@@ -285,6 +285,7 @@ struct Slot<'a> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
+        self.worker.in_flight.decrement(1.0);
         if let Ok(mut counts) = self.worker.per_webhook.lock()
             && let Some(count) = counts.get_mut(&self.webhook)
         {

@@ -350,3 +350,58 @@ async fn ingestion_checks_the_key_kind_and_the_schema() {
         .unwrap();
     assert_eq!(response.status(), 400);
 }
+
+/// The value of an unlabelled sample in Prometheus text, if present.
+fn sample_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn every_service_serves_the_pipeline_metrics_and_in_flight_returns_to_zero() {
+    let system = System::start().await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["verdict.new"]).await;
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    receiver.wait_for(1, PATIENCE).await;
+    system
+        .wait_for_delivery(&customer, &webhook, |d| d["status"] == "succeeded")
+        .await;
+
+    // The three services of a test share one process, and so one registry: each admin port
+    // must serve it, with what gateway, fanout and delivery each counted.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    for admin in &system.admins {
+        loop {
+            let text = system
+                .client
+                .get(format!("{admin}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            for name in [
+                "aioka_gateway_events_total",
+                "aioka_fanout_tasks_total",
+                "aioka_delivery_attempts_total",
+                "aioka_delivery_attempt_seconds_bucket",
+            ] {
+                assert!(text.contains(name), "{admin}/metrics lacks {name}:\n{text}");
+            }
+            // Every attempt's slot is given back once its task is acked.
+            let in_flight = sample_value(&text, "aioka_delivery_in_flight");
+            if in_flight == Some(0.0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "aioka_delivery_in_flight stayed at {in_flight:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    system.stop().await;
+}
