@@ -109,17 +109,22 @@ impl Worker {
             // This message's claim token: its own retries re-take the claim at once; another
             // copy of the event (or this message redelivered after a crash) waits it out.
             let holder = uuid::Uuid::new_v4();
+            // However this handler stops short of finishing (an error, or its future dropped
+            // when the broker session ends under it), its claim is released.
+            let claim = self.store.claim_guard(event.id, holder);
             let mut backoff = Duration::from_millis(100);
             loop {
                 match self.fan_out(publisher, &event, source, holder).await {
                     Ok(tasks) => {
+                        claim.disarm();
                         tracing::Span::current().record("tasks", tasks);
                         aioka_queue::ack(&delivery).await;
                         return;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "fan-out failed; retrying");
-                        let _ = self.store.release_fanout(event.id).await;
+                        // Meanwhile another copy of the event may take over.
+                        let _ = self.store.release_fanout(event.id, holder).await;
                         if let Transient::Queue(QueueError::Amqp(_)) = e {
                             // The channel is gone; the message comes back on a new session.
                             return;

@@ -15,6 +15,40 @@ use chrono::{DateTime, Utc};
 
 use crate::{Store, StoreError};
 
+/// See [`Store::claim_guard`].
+#[derive(Debug)]
+#[must_use = "dropping the guard releases the claim"]
+pub struct ClaimGuard {
+    store: Store,
+    event: EventId,
+    holder: uuid::Uuid,
+    armed: bool,
+}
+
+impl ClaimGuard {
+    /// The fan-out finished (or was never this holder's): nothing to release.
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Outside a runtime (the process is ending) the lease lapses by itself.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, event, holder) = (self.store.clone(), self.event, self.holder);
+            runtime.spawn(async move {
+                if let Err(e) = store.release_fanout(event, holder).await {
+                    tracing::debug!(error = %e, %event, "could not release a fan-out claim; it lapses");
+                }
+            });
+        }
+    }
+}
+
 /// Where an event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventSource {
@@ -173,17 +207,35 @@ impl Store {
         Ok(())
     }
 
-    /// Gives up a claim early (the worker failed), so a redelivery can resume at once.
+    /// Gives up `holder`'s claim early (its worker failed or was cut off), so a redelivery
+    /// can resume at once. A claim someone else holds now is left alone.
     #[tracing::instrument(skip_all, fields(event_id = %event))]
-    pub async fn release_fanout(&self, event: EventId) -> Result<(), StoreError> {
+    pub async fn release_fanout(
+        &self,
+        event: EventId,
+        holder: uuid::Uuid,
+    ) -> Result<(), StoreError> {
         let client = self.pool.get().await?;
         client
             .execute(
-                "UPDATE events SET fanout_lease_until = NULL WHERE id = $1 AND fanned_out_at IS NULL",
-                &[&event.as_uuid()],
+                "UPDATE events SET fanout_lease_until = NULL
+                 WHERE id = $1 AND fanout_holder = $2 AND fanned_out_at IS NULL",
+                &[&event.as_uuid(), &holder],
             )
             .await?;
         Ok(())
+    }
+
+    /// A guard that releases `holder`'s claim on `event` when dropped, unless disarmed. A
+    /// fan-out cut off mid-way (its future dropped when the broker session ends under it)
+    /// then lets the redelivered message resume at once instead of waiting out the lease.
+    pub fn claim_guard(&self, event: EventId, holder: uuid::Uuid) -> ClaimGuard {
+        ClaimGuard {
+            store: self.clone(),
+            event,
+            holder,
+            armed: true,
+        }
     }
 
     /// Stores an event that needs no fan-out (a test event addressed to chosen webhooks).

@@ -177,3 +177,49 @@ async fn a_fan_out_left_half_done_by_a_dead_worker_is_finished_by_the_next() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_fan_out_claim_is_released_by_its_holders_guard_and_by_nobody_else() {
+    let system = System::start().await;
+    let store = &system.db.store;
+    let body = sample(EventType::VerdictNew);
+    let event = aioka_core::event::parse_ingest(&body).unwrap();
+    let envelope = String::from_utf8(event.envelope.to_body()).unwrap();
+    let new = aioka_store::NewEvent {
+        id: event.id,
+        event_type: event.envelope.event,
+        occurred_at: event.occurred_at,
+        body: &envelope,
+        source: aioka_store::EventSource::Http,
+    };
+    // A lease far longer than the test: only a release can free the claim.
+    let lease = Duration::from_secs(3600);
+    let (holder, other) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let claim = |who| store.claim_fanout(&new, lease, who);
+    assert_eq!(
+        claim(holder).await.unwrap(),
+        aioka_store::Claim::Claimed { cursor: None }
+    );
+
+    store.release_fanout(event.id, other).await.unwrap();
+    assert_eq!(
+        claim(other).await.unwrap(),
+        aioka_store::Claim::HeldByOther,
+        "only the holder's release frees the claim"
+    );
+
+    // The holder's handler is cut off (its future dropped): the guard gives the claim back.
+    drop(store.claim_guard(event.id, holder));
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match claim(other).await.unwrap() {
+            aioka_store::Claim::Claimed { .. } => break,
+            c => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the dropped guard never released the claim: {c:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    system.stop().await;
+}
