@@ -3,8 +3,13 @@
 //! The seed page: "A subscription is auto-disabled after 10 consecutive delivery failures."
 //! Every failed attempt (first tries and retries alike) adds one to the webhook's count; any
 //! success sets it back to 0. A `410 Gone` answer means the receiver asks us to stop, so it
-//! disables at once. The delivery service records outcomes in batches, so the rule takes the
-//! stored count and the outcomes of one batch in the order they happened.
+//! disables at once.
+//!
+//! "Consecutive" is in the order the attempts were made (their start times), not the order
+//! their records reach the database: the delivery service records outcomes in batches from
+//! several writers at once, and an attempt that started first can be committed last. The rule
+//! therefore keeps, per webhook, the start time of its latest success and the start times of
+//! the failures since ([`FailureHistory`]), and merges each batch into that history by time.
 
 /// The result of one attempt, as far as the disable rule cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,46 +44,98 @@ pub struct DisableRule {
     pub threshold: u32,
 }
 
-/// The webhook's state after a batch of outcomes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailureState {
-    pub consecutive_failures: u32,
-    /// Set when this batch disabled the webhook.
-    pub disable: Option<DisableReason>,
-}
-
 impl Default for DisableRule {
     fn default() -> Self {
         Self { threshold: 10 }
     }
 }
 
+/// What the rule remembers of one webhook between batches. `T` is an instant (the store
+/// uses `DateTime<Utc>`; tests use integers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureHistory<T> {
+    /// Attempts that started at or before this instant no longer count: the start of the
+    /// latest success, or the moment the webhook was re-enabled. `None`: everything counts.
+    pub counted_since: Option<T>,
+    /// Start times of the failed attempts after `counted_since`, oldest first. Its length is
+    /// the webhook's consecutive failure count.
+    pub failures: Vec<T>,
+}
+
+impl<T> Default for FailureHistory<T> {
+    fn default() -> Self {
+        Self {
+            counted_since: None,
+            failures: Vec::new(),
+        }
+    }
+}
+
+impl<T> FailureHistory<T> {
+    pub fn consecutive_failures(&self) -> u32 {
+        u32::try_from(self.failures.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// The webhook's state after a batch of outcomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureState<T> {
+    pub history: FailureHistory<T>,
+    /// Set when the merged history reached the threshold (or a 410) with this batch.
+    pub disable: Option<DisableReason>,
+}
+
 impl DisableRule {
-    /// Applies `outcomes` (oldest first) to a webhook whose stored count is `count`.
-    /// Once the threshold is reached the webhook is disabled; later outcomes of the same batch
-    /// (attempts already in flight) do not re-enable it, though a success still resets the
-    /// count, as it would have had it arrived first.
-    pub fn apply(&self, mut count: u32, outcomes: &[Outcome]) -> FailureState {
+    /// Merges `outcomes` (each with its attempt's start time, in any order; each attempt
+    /// given once) into `history`, in start-time order. Outcomes at or before
+    /// `history.counted_since` are older than a success already counted and change nothing.
+    /// The webhook is to be disabled if, in that order, `threshold` failures follow one
+    /// another (even if a success that started later is in the same batch: those attempts
+    /// were in flight together) or an attempt answered 410.
+    pub fn apply<T: Ord + Copy>(
+        &self,
+        history: &FailureHistory<T>,
+        outcomes: &[(T, Outcome)],
+    ) -> FailureState<T> {
+        let since = history.counted_since;
+        let newer = |t: &T| since.is_none_or(|s| *t > s);
+        let mut merged: Vec<(T, Outcome)> = history
+            .failures
+            .iter()
+            .filter(|t| newer(t))
+            .map(|t| (*t, Outcome::Failure))
+            .collect();
+        merged.extend(outcomes.iter().copied().filter(|(t, _)| newer(t)));
+        // Stable: at equal instants the stored failures come first, then the batch's order.
+        merged.sort_by_key(|(t, _)| *t);
+
+        let mut counted_since = since;
+        let mut failures = Vec::new();
         let mut disable = None;
-        for outcome in outcomes {
+        for (t, outcome) in merged {
             match outcome {
-                Outcome::Success => count = 0,
-                Outcome::Failure => {
-                    count = count.saturating_add(1);
-                    if count >= self.threshold && disable.is_none() {
-                        disable = Some(DisableReason::ConsecutiveFailures(count));
-                    }
+                Outcome::Success => {
+                    counted_since = Some(t);
+                    failures.clear();
                 }
-                Outcome::Gone => {
-                    count = count.saturating_add(1);
+                Outcome::Failure | Outcome::Gone => {
+                    failures.push(t);
+                    let count = u32::try_from(failures.len()).unwrap_or(u32::MAX);
                     if disable.is_none() {
-                        disable = Some(DisableReason::Gone);
+                        if outcome == Outcome::Gone {
+                            disable = Some(DisableReason::Gone);
+                        } else if count >= self.threshold {
+                            disable = Some(DisableReason::ConsecutiveFailures(count));
+                        }
                     }
                 }
             }
         }
         FailureState {
-            consecutive_failures: count,
+            history: FailureHistory {
+                counted_since,
+                failures,
+            },
             disable,
         }
     }
@@ -91,48 +148,108 @@ mod tests {
 
     const RULE: DisableRule = DisableRule { threshold: 10 };
 
+    /// Outcomes at instants 1, 2, 3, …
+    fn timed(outcomes: &[Outcome]) -> Vec<(u32, Outcome)> {
+        (1..).zip(outcomes.iter().copied()).collect()
+    }
+
+    fn fresh() -> FailureHistory<u32> {
+        FailureHistory::default()
+    }
+
     #[test]
     fn nine_failures_do_not_disable() {
-        let state = RULE.apply(0, &[Failure; 9]);
-        assert_eq!(state.consecutive_failures, 9);
+        let state = RULE.apply(&fresh(), &timed(&[Failure; 9]));
+        assert_eq!(state.history.consecutive_failures(), 9);
         assert_eq!(state.disable, None);
     }
 
     #[test]
     fn the_tenth_consecutive_failure_disables() {
-        let state = RULE.apply(9, &[Failure]);
-        assert_eq!(state.consecutive_failures, 10);
+        let nine = RULE.apply(&fresh(), &timed(&[Failure; 9])).history;
+        let state = RULE.apply(&nine, &[(10, Failure)]);
+        assert_eq!(state.history.consecutive_failures(), 10);
         assert_eq!(state.disable, Some(DisableReason::ConsecutiveFailures(10)));
-        assert_eq!(RULE.apply(0, &[Failure; 10]).disable, state.disable);
+        assert_eq!(
+            RULE.apply(&fresh(), &timed(&[Failure; 10])).disable,
+            state.disable
+        );
     }
 
     #[test]
     fn a_success_resets_the_count() {
-        let state = RULE.apply(8, &[Failure, Success, Failure]);
-        assert_eq!(state.consecutive_failures, 1);
+        let state = RULE.apply(&fresh(), &timed(&[Failure, Success, Failure]));
+        assert_eq!(state.history.consecutive_failures(), 1);
+        assert_eq!(state.history.counted_since, Some(2));
         assert_eq!(state.disable, None);
     }
 
     #[test]
     fn a_threshold_crossed_inside_a_batch_disables_even_if_a_success_follows() {
-        let state = RULE.apply(8, &[Failure, Failure, Success]);
-        assert_eq!(state.consecutive_failures, 0);
+        let mut outcomes = timed(&[Failure; 10]);
+        outcomes.push((11, Success));
+        let state = RULE.apply(&fresh(), &outcomes);
+        assert_eq!(state.history.consecutive_failures(), 0);
         assert_eq!(state.disable, Some(DisableReason::ConsecutiveFailures(10)));
     }
 
     #[test]
+    fn a_failure_that_started_before_a_counted_success_does_not_count() {
+        // A 500 sent at 1 and a 200 sent at 2; the 200's record is committed first.
+        let after_success = RULE.apply(&fresh(), &[(2, Success)]).history;
+        let state = RULE.apply(&after_success, &[(1, Failure)]);
+        assert_eq!(state.history.consecutive_failures(), 0);
+        assert_eq!(state.disable, None);
+    }
+
+    #[test]
+    fn a_success_that_started_before_counted_failures_keeps_the_later_ones() {
+        // Failures at 2 and 3 are committed; a success that started at 1 arrives afterwards.
+        let failures = RULE.apply(&fresh(), &[(2, Failure), (3, Failure)]).history;
+        let state = RULE.apply(&failures, &[(1, Success)]);
+        assert_eq!(state.history.failures, vec![2, 3]);
+        // And one that started between them leaves only the failure after it.
+        let state = RULE.apply(&failures, &[(2, Failure), (5, Failure), (4, Success)]);
+        assert_eq!(state.history.failures, vec![5]);
+    }
+
+    #[test]
+    fn a_batch_of_successes_older_than_the_failures_does_not_reset_them() {
+        let nine = RULE
+            .apply(
+                &fresh(),
+                &(10..19).map(|t| (t, Failure)).collect::<Vec<_>>(),
+            )
+            .history;
+        let state = RULE.apply(&nine, &[(3, Success), (4, Success)]);
+        assert_eq!(state.history.consecutive_failures(), 9);
+        let state = RULE.apply(&state.history, &[(19, Failure)]);
+        assert_eq!(state.disable, Some(DisableReason::ConsecutiveFailures(10)));
+    }
+
+    #[test]
+    fn the_order_of_the_batch_does_not_matter_only_the_times() {
+        let mut outcomes = timed(&[Failure, Failure, Success, Failure]);
+        let in_order = RULE.apply(&fresh(), &outcomes);
+        outcomes.reverse();
+        assert_eq!(RULE.apply(&fresh(), &outcomes), in_order);
+        assert_eq!(in_order.history.failures, vec![4]);
+    }
+
+    #[test]
     fn gone_disables_at_once() {
-        let state = RULE.apply(0, &[Gone]);
+        let state = RULE.apply(&fresh(), &[(1, Gone)]);
         assert_eq!(state.disable, Some(DisableReason::Gone));
         assert!(state.disable.unwrap().describe().contains("410"));
     }
 
     #[test]
     fn an_empty_batch_changes_nothing() {
+        let three = RULE.apply(&fresh(), &timed(&[Failure; 3])).history;
         assert_eq!(
-            RULE.apply(3, &[]),
+            RULE.apply(&three, &[]),
             FailureState {
-                consecutive_failures: 3,
+                history: three.clone(),
                 disable: None
             }
         );

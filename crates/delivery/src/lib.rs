@@ -3,8 +3,9 @@
 //! attempt in a batch. A failure with retries left is published to its delay tier's wait
 //! queue, which dead-letters it back after the delay; a webhook that keeps failing is disabled.
 //!
-//! **Invariant:** a task is acknowledged only after its retry (if any) is confirmed by the
-//! broker and its attempt record is committed.
+//! **Invariant:** a task is acknowledged only after its attempt record is committed and then
+//! its retry (if any) is confirmed by the broker; only the first record of an attempt starts
+//! its retry, so a redelivered task never forks its chain.
 //! **Invariant:** in-flight attempts are bounded by the consumer prefetch
 //! (`delivery.max_in_flight`), so memory and connections stay flat under any backlog.
 #![forbid(unsafe_code)]
@@ -51,7 +52,7 @@ pub async fn run(
             .follow_changes(settings.database.clone(), background.clone()),
     );
     let (recorder, writer) = recorder::Recorder::start(
-        store,
+        store.clone(),
         cache.clone(),
         DisableRule {
             threshold: d.disable_after,
@@ -100,6 +101,7 @@ pub async fn run(
         cache,
         sender: client::Sender::new(&d, settings.security.allow_private_targets)?,
         recorder,
+        store,
         health,
         stopping: shutdown.clone(),
     });

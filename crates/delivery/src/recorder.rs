@@ -1,6 +1,9 @@
 //! The batch writer: attempt records are written in batches (up to `record_batch_size`, or
 //! whatever arrived within `record_flush_interval`), one transaction each, so the database is
 //! off the per-attempt path. A message is acknowledged only after its record is committed.
+//! Each record is answered with whether it was new ([`Recorded::Fresh`]) or its attempt was
+//! already stored ([`Recorded::Duplicate`]: a redelivered task sent again), so the caller
+//! starts a retry only for an attempt it recorded first.
 
 use std::time::Duration;
 
@@ -16,9 +19,20 @@ use crate::cache::Cache;
 #[error("the attempt record was not written")]
 pub struct NotRecorded;
 
+/// What became of a committed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The attempt was new: its outcome counted, its retry (if any) is the caller's to start.
+    Fresh,
+    /// The attempt was recorded before; this record changed nothing.
+    Duplicate,
+}
+
+type Reply = oneshot::Sender<Result<Recorded, NotRecorded>>;
+
 #[derive(Debug, Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<(AttemptRecord, oneshot::Sender<Result<(), NotRecorded>>)>,
+    tx: mpsc::Sender<(AttemptRecord, Reply)>,
 }
 
 impl Recorder {
@@ -47,7 +61,7 @@ impl Recorder {
 
     /// Queues `record` and waits until it is committed. The writer ends, after writing
     /// everything queued, when the last `Recorder` is dropped.
-    pub async fn record(&self, record: AttemptRecord) -> Result<(), NotRecorded> {
+    pub async fn record(&self, record: AttemptRecord) -> Result<Recorded, NotRecorded> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send((record, done))
@@ -65,7 +79,7 @@ async fn write_loop(
     batch_size: usize,
     flush_interval: Duration,
     writers: usize,
-    mut rx: mpsc::Receiver<(AttemptRecord, oneshot::Sender<Result<(), NotRecorded>>)>,
+    mut rx: mpsc::Receiver<(AttemptRecord, Reply)>,
     shutdown: CancellationToken,
 ) {
     // Several batches may be in their transactions at once: one writer at a time capped the
@@ -105,12 +119,13 @@ async fn write_batch(
     store: &Store,
     cache: &Cache,
     rule: DisableRule,
-    batch: Vec<(AttemptRecord, oneshot::Sender<Result<(), NotRecorded>>)>,
+    batch: Vec<(AttemptRecord, Reply)>,
     shutdown: &CancellationToken,
 ) {
     let (records, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     match write_with_retry(store, &records, rule, shutdown).await {
-        Some(disabled) => {
+        Some(written) => {
+            let disabled = written.disabled;
             metrics::counter!("aioka_delivery_records_total").increment(records.len() as u64);
             metrics::histogram!("aioka_delivery_record_batch_size").record(records.len() as f64);
             for d in disabled {
@@ -123,8 +138,17 @@ async fn write_batch(
                 metrics::counter!("aioka_webhooks_disabled_total", "reason" => reason).increment(1);
                 tracing::warn!(webhook_id = %d.webhook_id, reason = %d.reason, "webhook disabled");
             }
-            for reply in replies {
-                let _ = reply.send(Ok(()));
+            let duplicates = written.fresh.iter().filter(|f| !**f).count();
+            if duplicates > 0 {
+                metrics::counter!("aioka_delivery_duplicate_records_total")
+                    .increment(duplicates as u64);
+            }
+            for (reply, fresh) in replies.into_iter().zip(written.fresh) {
+                let _ = reply.send(Ok(if fresh {
+                    Recorded::Fresh
+                } else {
+                    Recorded::Duplicate
+                }));
             }
         }
         None => {
@@ -141,11 +165,11 @@ async fn write_with_retry(
     records: &[AttemptRecord],
     rule: DisableRule,
     shutdown: &CancellationToken,
-) -> Option<Vec<aioka_store::Disabled>> {
+) -> Option<aioka_store::BatchWritten> {
     let mut backoff = Duration::from_millis(50);
     loop {
         match store.record_batch(records, rule).await {
-            Ok(disabled) => return Some(disabled),
+            Ok(written) => return Some(written),
             Err(e) => {
                 tracing::warn!(error = %e, records = records.len(), retry_in = ?backoff, "writing attempt records failed");
                 if shutdown.is_cancelled() {

@@ -7,21 +7,22 @@ use std::time::Duration;
 use aioka_core::WebhookId;
 use aioka_core::disable::Outcome;
 use aioka_core::messages::{DeliveryTask, Task};
-use aioka_core::retry::{AfterFailure, RetrySchedule};
+use aioka_core::retry::{AfterFailure, RetrySchedule, Tier};
 use aioka_queue::lapin::message::Delivery;
+use aioka_queue::lapin::types::AMQPValue;
 use aioka_queue::{
-    ConsumerSpec, DEFER_KEY, Publisher, Topology, extract_trace_context, inject_trace_context,
-    persistent_json, run_consumer,
+    ConsumerSpec, DEFER_KEY, Publisher, Topology, extract_trace_context, header_str,
+    inject_trace_context, persistent_json, run_consumer,
 };
 use aioka_runtime::Health;
-use aioka_store::{AttemptRecord, RecordKind};
+use aioka_store::{AttemptRecord, ChainState, RecordKind, Store};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::cache::{Cache, Target};
 use crate::client::Sender;
-use crate::recorder::Recorder;
+use crate::recorder::{Recorded, Recorder};
 
 pub(crate) struct Worker {
     pub amqp_url: String,
@@ -37,15 +38,33 @@ pub(crate) struct Worker {
     pub cache: Cache,
     pub sender: Sender,
     pub recorder: Recorder,
+    /// For the state of deliveries whose tasks may be repeats (redelivered, or retries).
+    pub store: Store,
     pub health: Health,
     /// Cancelled on shutdown: work held for a dependency gives up and requeues.
     pub stopping: CancellationToken,
 }
 
+/// Marks a task put off through the defer queue after it had been redelivered.
+const REDELIVERED_HEADER: &str = "x-aioka-redelivered";
+
 /// How one message ended.
 enum Done {
     Ack,
     Requeue,
+    /// Left unsettled: the publisher channel is dead, so the session is about to end and
+    /// the broker hands the message back. Requeueing it here would spin it through the
+    /// queue's delivery limit (20) within milliseconds and park a healthy task.
+    Hold,
+}
+
+/// After a failed publish: requeue, unless the channel itself is gone.
+fn requeue_unless_closed(publisher: &Publisher) -> Done {
+    if publisher.channel().status().connected() {
+        Done::Requeue
+    } else {
+        Done::Hold
+    }
 }
 
 impl Worker {
@@ -92,9 +111,18 @@ impl Worker {
             attempt = task.attempt,
         );
         extract_trace_context(delivery.properties.headers().as_ref(), &span);
+        // A task the broker hands out again may have been attempted already; so may one that
+        // was put off after such a redelivery (the defer queue's copy is a new message).
+        let redelivered = delivery.redelivered
+            || header_str(delivery.properties.headers().as_ref(), REDELIVERED_HEADER).is_some();
         let Some(_slot) = self.take_slot(task.webhook_id) else {
             // This webhook already has its share of our slots: put the task off, unattempted.
-            let props = delivery.properties.clone();
+            let mut props = delivery.properties.clone();
+            if redelivered {
+                let mut headers = props.headers().clone().unwrap_or_default();
+                headers.insert(REDELIVERED_HEADER.into(), AMQPValue::LongString("1".into()));
+                props = props.with_headers(headers);
+            }
             return match publisher
                 .publish(
                     &self.topology.retry_exchange(),
@@ -108,16 +136,21 @@ impl Worker {
                     metrics::counter!("aioka_delivery_deferred_total").increment(1);
                     aioka_queue::ack(&delivery).await;
                 }
-                Err(_) => aioka_queue::requeue(&delivery).await,
+                Err(_) => {
+                    if let Done::Requeue = requeue_unless_closed(publisher) {
+                        aioka_queue::requeue(&delivery).await;
+                    }
+                }
             };
         };
         let done = self
-            .deliver(publisher, &delivery, task)
+            .deliver(publisher, &delivery, task, redelivered)
             .instrument(span)
             .await;
         match done {
             Done::Ack => aioka_queue::ack(&delivery).await,
             Done::Requeue => aioka_queue::requeue(&delivery).await,
+            Done::Hold => {}
         }
     }
 
@@ -126,7 +159,22 @@ impl Worker {
         publisher: &Publisher,
         delivery: &Delivery,
         task: DeliveryTask,
+        redelivered: bool,
     ) -> Done {
+        // A redelivered task may have been sent and recorded by a process that died before
+        // acking it, and a retry may be a copy of one already made: look before sending.
+        // First attempts that come for the first time (nearly all of them) skip this read.
+        if redelivered || task.attempt_in_series() > 1 {
+            let Some(state) = self.chain_state(&task).await else {
+                return Done::Requeue;
+            };
+            if state.recorded.is_some() {
+                metrics::counter!("aioka_delivery_repeats_avoided_total").increment(1);
+                return self
+                    .resume_chain(publisher, redelivered, &task, &state)
+                    .await;
+            }
+        }
         // A database outage holds the task here rather than requeueing it: requeues count
         // against the queue's delivery limit and would park healthy tasks.
         let mut backoff = Duration::from_millis(100);
@@ -163,7 +211,7 @@ impl Worker {
                 .await
                 {
                     Ok(()) => Done::Ack,
-                    Err(_) => Done::Requeue,
+                    Err(_) => requeue_unless_closed(publisher),
                 };
             }
         };
@@ -178,7 +226,7 @@ impl Worker {
         .increment(1);
         metrics::histogram!("aioka_delivery_attempt_seconds").record(result.latency.as_secs_f64());
 
-        let mut next_retry_at = None;
+        let mut retry = None;
         let mut outcome = match result.outcome {
             Outcome::Success => "succeeded",
             Outcome::Gone => "gone",
@@ -190,32 +238,17 @@ impl Worker {
                 .after_failure_with_hint(task.attempt_in_series(), result.retry_after)
         {
             outcome = "retry_scheduled";
-            metrics::counter!("aioka_delivery_retries_total", "tier" => tier.to_string())
-                .increment(1);
-            let next = Task::V1(task.next_attempt());
-            let props =
-                persistent_json(Some(&task.delivery_id.to_string()), inject_trace_context());
-            if let Err(e) = publisher
-                .publish(
-                    &self.topology.retry_exchange(),
-                    &tier.to_string(),
-                    &next.to_bytes(),
-                    props,
-                )
-                .await
-            {
-                tracing::warn!(error = %e, "could not schedule the retry; requeueing the attempt");
-                return Done::Requeue;
-            }
-            next_retry_at =
-                Some(Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default());
+            retry = Some((
+                tier,
+                Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default(),
+            ));
         }
         tracing::info!(
             outcome = ?result.outcome,
             status = result.status_code,
             error = result.error_kind,
             latency_ms = result.latency.as_millis() as u64,
-            retry = next_retry_at.is_some(),
+            retry = retry.is_some(),
             "attempt made"
         );
         let record = AttemptRecord {
@@ -230,15 +263,110 @@ impl Worker {
                 error_kind: result.error_kind,
                 latency_ms: u32::try_from(result.latency.as_millis()).unwrap_or(u32::MAX),
                 snippet: result.snippet,
-                next_retry_at,
+                next_retry_at: retry.map(|(_, due)| due),
             },
         };
+        // The record comes first and the retry after it, so that only the one process that
+        // recorded this attempt first continues its chain: a task redelivered after a crash
+        // is sent again, but its record is a duplicate and starts no second series.
         match self.recorder.record(record).await {
-            Ok(()) => {
+            Ok(Recorded::Fresh) => {
+                if let Some((tier, _)) = retry
+                    && !self.publish_retry(publisher, &task, tier).await
+                {
+                    // Recorded but not scheduled: the redelivered task finds its attempt
+                    // recorded and schedules the retry (see `resume_chain`).
+                    return requeue_unless_closed(publisher);
+                }
                 metrics::counter!("aioka_deliveries_total", "outcome" => outcome).increment(1);
                 Done::Ack
             }
+            Ok(Recorded::Duplicate) => {
+                metrics::counter!("aioka_delivery_repeated_attempts_total").increment(1);
+                match self.chain_state(&task).await {
+                    Some(state) => {
+                        self.resume_chain(publisher, redelivered, &task, &state)
+                            .await
+                    }
+                    None => Done::Requeue,
+                }
+            }
             Err(_) => Done::Requeue,
+        }
+    }
+
+    /// Where this task's delivery stands in the database, holding the task through a
+    /// database outage; `None` on shutdown.
+    async fn chain_state(&self, task: &DeliveryTask) -> Option<ChainState> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.store.chain_state(task.delivery_id, task.attempt).await {
+                Ok(state) => return Some(state),
+                Err(e) => {
+                    tracing::debug!(error = %e, retry_in = ?backoff, "reading the delivery's state failed");
+                    tokio::select! {
+                        _ = self.stopping.cancelled() => return None,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// For a task whose attempt is already recorded: nothing is sent again. If the message
+    /// was redelivered, the process that recorded the attempt may have died before it
+    /// scheduled the retry; schedule it unless the chain has moved on (a later attempt is
+    /// recorded). A copy that was not redelivered belongs to a chain someone else holds.
+    async fn resume_chain(
+        &self,
+        publisher: &Publisher,
+        redelivered: bool,
+        task: &DeliveryTask,
+        state: &ChainState,
+    ) -> Done {
+        let Some(recorded) = &state.recorded else {
+            return Done::Requeue;
+        };
+        let chain_is_here = state.attempts_made == task.attempt;
+        if redelivered && recorded.next_retry_at.is_some() && chain_is_here {
+            // Retry-After is not kept: the retry goes through the schedule's own tier.
+            if let AfterFailure::Retry { tier, .. } =
+                self.schedule.after_failure(task.attempt_in_series())
+            {
+                tracing::info!("attempt already recorded; scheduling its retry");
+                if !self.publish_retry(publisher, task, tier).await {
+                    return requeue_unless_closed(publisher);
+                }
+            }
+        } else {
+            tracing::info!(
+                redelivered,
+                "attempt already recorded; not sending it again"
+            );
+        }
+        Done::Ack
+    }
+
+    /// Publishes the task's next attempt to the retry tier, confirmed.
+    async fn publish_retry(&self, publisher: &Publisher, task: &DeliveryTask, tier: Tier) -> bool {
+        metrics::counter!("aioka_delivery_retries_total", "tier" => tier.to_string()).increment(1);
+        let next = Task::V1(task.next_attempt());
+        let props = persistent_json(Some(&task.delivery_id.to_string()), inject_trace_context());
+        match publisher
+            .publish(
+                &self.topology.retry_exchange(),
+                &tier.to_string(),
+                &next.to_bytes(),
+                props,
+            )
+            .await
+        {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not schedule the retry; requeueing the attempt");
+                false
+            }
         }
     }
 
@@ -271,7 +399,7 @@ impl Worker {
             kind: RecordKind::Skipped { reason },
         };
         match self.recorder.record(record).await {
-            Ok(()) => Done::Ack,
+            Ok(_) => Done::Ack,
             Err(_) => Done::Requeue,
         }
     }

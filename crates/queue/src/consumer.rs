@@ -118,6 +118,8 @@ enum SessionError {
     Queue(#[from] QueueError),
     #[error("the consumer was cancelled or its channel closed")]
     Ended,
+    #[error("the publisher channel was closed by the broker")]
+    PublisherClosed,
 }
 
 /// Consumes `spec.queue` until `shutdown`: connects, declares the topology, and hands every
@@ -221,6 +223,13 @@ where
     let mut in_hand = futures_util::stream::FuturesUnordered::new();
     let mut stopping = false;
     let mut ended = false;
+    // The broker closes a channel on a channel-level error (a publish to an exchange that
+    // is gone, a permission refused): every later publish on it fails. A session whose
+    // publisher is dead can do no work (fanout cannot confirm a task, delivery cannot
+    // schedule a retry), so it ends and reconnects, and readiness shows it meanwhile.
+    let mut watchdog = tokio::time::interval(Duration::from_millis(200));
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut publisher_dead = false;
     let grace = tokio::time::sleep(Duration::MAX);
     tokio::pin!(grace);
     loop {
@@ -237,6 +246,13 @@ where
                 break;
             }
             Some(()) = in_hand.next(), if !in_hand.is_empty() => {}
+            _ = watchdog.tick() => {
+                if !publisher.channel().status().connected() {
+                    tracing::warn!(queue = %spec.queue, in_hand = in_hand.len(), "the publisher channel closed under the session; reconnecting");
+                    publisher_dead = true;
+                    break;
+                }
+            }
             message = consumer.next(), if !stopping && in_hand.len() < usize::from(spec.prefetch.max(1)) => {
                 match message.flatten() {
                     Some(Ok(delivery)) => in_hand.push(handle_one(delivery)),
@@ -253,6 +269,15 @@ where
     }
     drop(in_hand);
     drop(consumer);
+    if publisher_dead {
+        // Closing the connection hands every unacknowledged message back to its queue; the
+        // handlers were dropped with `in_hand`, and their work is idempotent.
+        connected(false);
+        let _ = connection
+            .close(320, "publisher channel closed".into())
+            .await;
+        return Err(SessionError::PublisherClosed);
+    }
     if ended && !shutdown.is_cancelled() {
         return Err(SessionError::Ended);
     }

@@ -1,9 +1,9 @@
 //! Deliveries and their attempts: created pending by fan-out, updated in batches by the
 //! delivery service, listed for customers, re-sent on request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use aioka_core::disable::{DisableRule, Outcome};
+use aioka_core::disable::{DisableReason, DisableRule, FailureHistory, Outcome};
 use aioka_core::event::EventType;
 use aioka_core::{ApiKeyId, DeliveryId, EventId, WebhookId};
 use chrono::{DateTime, Utc};
@@ -103,6 +103,31 @@ impl AttemptRecord {
 pub struct Disabled {
     pub webhook_id: WebhookId,
     pub reason: String,
+}
+
+/// What one [`Store::record_batch`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchWritten {
+    pub disabled: Vec<Disabled>,
+    /// For each record of the batch, in order: `false` if its attempt was recorded before
+    /// (a duplicate, which changed nothing). Skips are always fresh.
+    pub fresh: Vec<bool>,
+}
+
+/// See [`Store::chain_state`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainState {
+    /// Attempts the delivery has made (0 when it has no row yet).
+    pub attempts_made: u32,
+    /// The asked-about attempt, if it is recorded.
+    pub recorded: Option<RecordedAttempt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedAttempt {
+    pub at: DateTime<Utc>,
+    /// When its retry was due, if one was scheduled.
+    pub next_retry_at: Option<DateTime<Utc>>,
 }
 
 /// One attempt as the delivery log shows it.
@@ -210,207 +235,77 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a batch of attempt records in one transaction: delivery states, attempt rows,
+    /// Writes a batch of attempt records in one transaction: attempt rows, delivery states,
     /// and the failure counts of the webhooks concerned, applying the disable rule. Returns
-    /// the webhooks this batch disabled. Idempotent: a record seen twice changes nothing the
-    /// second time, and an older attempt never overwrites a newer one.
+    /// the webhooks this batch disabled and the records that were already there.
+    ///
+    /// Idempotent: an attempt is identified by (delivery, attempt number). A record whose
+    /// attempt is already stored (a task redelivered after a crash and sent again) is a
+    /// *duplicate*: it changes neither the delivery's state nor any failure count, and the
+    /// caller must not start another retry for it. An older attempt never overwrites a newer
+    /// one.
     #[tracing::instrument(skip_all, fields(records = records.len()))]
     pub async fn record_batch(
         &self,
         records: &[AttemptRecord],
         rule: DisableRule,
-    ) -> Result<Vec<Disabled>, StoreError> {
+    ) -> Result<BatchWritten, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-
-        // One row per delivery: the record with the highest attempt wins.
-        let mut latest: HashMap<DeliveryId, &AttemptRecord> = HashMap::new();
-        for r in records {
-            let keep = latest.get(&r.delivery_id).is_none_or(|old| {
-                (r.attempt, matches!(r.kind, RecordKind::Attempt { .. }))
-                    >= (old.attempt, matches!(old.kind, RecordKind::Attempt { .. }))
-            });
-            if keep {
-                latest.insert(r.delivery_id, r);
-            }
-        }
-        let mut d_id = Vec::new();
-        let mut d_event = Vec::new();
-        let mut d_hook = Vec::new();
-        let mut d_status = Vec::new();
-        let mut d_attempts = Vec::new();
-        let mut d_last: Vec<Option<DateTime<Utc>>> = Vec::new();
-        let mut d_next: Vec<Option<DateTime<Utc>>> = Vec::new();
-        let mut d_skip: Vec<Option<&str>> = Vec::new();
-        // Rows created by this batch get their log order (seq) in the order the attempts
-        // happened.
-        let mut latest: Vec<&AttemptRecord> = latest.into_values().collect();
-        latest.sort_by_key(|r| r.at);
-        for r in latest {
-            d_id.push(r.delivery_id.as_uuid());
-            d_event.push(r.event_id.as_uuid());
-            d_hook.push(r.webhook_id.as_uuid());
-            d_status.push(r.status().as_str());
-            d_attempts.push(r.attempts_made());
-            match &r.kind {
-                RecordKind::Attempt { next_retry_at, .. } => {
-                    d_last.push(Some(r.at));
-                    d_next.push(*next_retry_at);
-                    d_skip.push(None);
+        let stored = insert_attempts(&tx, records).await?;
+        // A record is fresh if its insert took effect; of two records of one attempt in the
+        // same batch only the first is.
+        let mut taken = HashSet::new();
+        let fresh: Vec<bool> = records
+            .iter()
+            .map(|r| match r.kind {
+                RecordKind::Attempt { .. } => {
+                    let key = (r.delivery_id, r.attempt);
+                    stored.contains(&key) && taken.insert(key)
                 }
-                RecordKind::Skipped { reason } => {
-                    d_last.push(None);
-                    d_next.push(None);
-                    d_skip.push(Some(reason));
-                }
-            }
-        }
-        tx.execute(
-            "INSERT INTO deliveries AS d (id, event_id, webhook_id, status, attempts,
-                                          last_attempt_at, next_attempt_at, skip_reason)
-             SELECT u.id, u.event_id, u.webhook_id, u.status, u.attempts, u.last_at, u.next_at, u.skip
-             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[],
-                         $6::timestamptz[], $7::timestamptz[], $8::text[])
-                  AS u(id, event_id, webhook_id, status, attempts, last_at, next_at, skip)
-             WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = u.event_id)
-               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
-             ON CONFLICT (id) DO UPDATE SET
-                 status = EXCLUDED.status,
-                 attempts = EXCLUDED.attempts,
-                 last_attempt_at = COALESCE(EXCLUDED.last_attempt_at, d.last_attempt_at),
-                 next_attempt_at = EXCLUDED.next_attempt_at,
-                 skip_reason = EXCLUDED.skip_reason,
-                 updated_at = now()
-             WHERE d.attempts <= EXCLUDED.attempts
-               AND NOT (d.status = 'succeeded' AND d.attempts = EXCLUDED.attempts)",
-            &[
-                &d_id, &d_event, &d_hook, &d_status, &d_attempts, &d_last, &d_next, &d_skip,
-            ],
-        )
-        .await?;
-
-        let mut a_delivery = Vec::new();
-        let mut a_attempt = Vec::new();
-        let mut a_at = Vec::new();
-        let mut a_code: Vec<Option<i32>> = Vec::new();
-        let mut a_error: Vec<Option<&str>> = Vec::new();
-        let mut a_latency = Vec::new();
-        let mut a_snippet: Vec<Option<&str>> = Vec::new();
-        let mut a_next: Vec<Option<DateTime<Utc>>> = Vec::new();
-        // Outcomes per webhook, in the order they happened.
-        let mut outcomes: HashMap<WebhookId, Vec<Outcome>> = HashMap::new();
-        let mut ordered: Vec<&AttemptRecord> = records.iter().collect();
-        ordered.sort_by_key(|r| r.at);
-        for r in ordered {
-            if let RecordKind::Attempt {
-                outcome,
-                status_code,
-                error_kind,
-                latency_ms,
-                snippet,
-                next_retry_at,
-            } = &r.kind
-            {
-                a_delivery.push(r.delivery_id.as_uuid());
-                a_attempt.push(to_i32(r.attempt));
-                a_at.push(r.at);
-                a_code.push(status_code.map(i32::from));
-                a_error.push(*error_kind);
-                a_latency.push(to_i32(*latency_ms));
-                a_snippet.push(snippet.as_deref());
-                a_next.push(*next_retry_at);
-                outcomes.entry(r.webhook_id).or_default().push(*outcome);
-            }
-        }
-        tx.execute(
-            "INSERT INTO delivery_attempts (delivery_id, attempt, attempted_at, status_code,
-                                            error_kind, latency_ms, response_snippet, next_retry_at)
-             SELECT u.* FROM unnest($1::uuid[], $2::int4[], $3::timestamptz[], $4::int4[],
-                                    $5::text[], $6::int4[], $7::text[], $8::timestamptz[])
-                  AS u(delivery_id, attempt, attempted_at, status_code, error_kind, latency_ms,
-                       response_snippet, next_retry_at)
-             WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.delivery_id)
-             ON CONFLICT (delivery_id, attempt) DO NOTHING",
-            &[
-                &a_delivery,
-                &a_attempt,
-                &a_at,
-                &a_code,
-                &a_error,
-                &a_latency,
-                &a_snippet,
-                &a_next,
-            ],
-        )
-        .await?;
-
-        // Webhooks that only succeeded: reset a non-zero count without locking anything.
-        let (clean, mixed): (Vec<_>, Vec<_>) = outcomes
-            .into_iter()
-            .partition(|(_, o)| o.iter().all(|x| *x == Outcome::Success));
-        let clean_ids: Vec<Uuid> = clean.iter().map(|(w, _)| w.as_uuid()).collect();
-        if !clean_ids.is_empty() {
-            tx.execute(
-                "UPDATE webhooks SET consecutive_failures = 0
-                 WHERE id = ANY($1) AND consecutive_failures <> 0",
-                &[&clean_ids],
-            )
-            .await?;
-        }
-
-        // Webhooks with a failure: lock in id order (no deadlock between pods), apply the rule.
-        let mut disabled = Vec::new();
-        if !mixed.is_empty() {
-            let mixed: HashMap<WebhookId, Vec<Outcome>> = mixed.into_iter().collect();
-            let ids: Vec<Uuid> = mixed.keys().map(|w| w.as_uuid()).collect();
-            let rows = tx
-                .query(
-                    "SELECT id, consecutive_failures, is_active FROM webhooks
-                     WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                    &[&ids],
-                )
-                .await?;
-            let mut u_id = Vec::new();
-            let mut u_count = Vec::new();
-            let mut u_disable = Vec::new();
-            let mut u_reason: Vec<Option<String>> = Vec::new();
-            for row in rows {
-                let id = WebhookId::from_uuid(row.try_get(0)?);
-                let count: i32 = row.try_get(1)?;
-                let active: bool = row.try_get(2)?;
-                let state = rule.apply(
-                    u32::try_from(count).unwrap_or(0),
-                    mixed.get(&id).map(Vec::as_slice).unwrap_or_default(),
-                );
-                let disable = active && state.disable.is_some();
-                let reason = state.disable.as_ref().map(|r| r.describe());
-                if disable {
-                    disabled.push(Disabled {
-                        webhook_id: id,
-                        reason: reason.clone().unwrap_or_default(),
-                    });
-                }
-                u_id.push(id.as_uuid());
-                u_count.push(to_i32(state.consecutive_failures));
-                u_disable.push(disable);
-                u_reason.push(reason);
-            }
-            tx.execute(
-                "UPDATE webhooks AS w SET
-                     consecutive_failures = u.count,
-                     is_active = w.is_active AND NOT u.disable,
-                     disabled_reason = CASE WHEN u.disable THEN u.reason ELSE w.disabled_reason END,
-                     disabled_at = CASE WHEN u.disable THEN now() ELSE w.disabled_at END,
-                     updated_at = CASE WHEN u.disable THEN now() ELSE w.updated_at END
-                 FROM unnest($1::uuid[], $2::int4[], $3::bool[], $4::text[])
-                      AS u(id, count, disable, reason)
-                 WHERE w.id = u.id",
-                &[&u_id, &u_count, &u_disable, &u_reason],
-            )
-            .await?;
-        }
+                RecordKind::Skipped { .. } => true,
+            })
+            .collect();
+        let counted: Vec<&AttemptRecord> = records
+            .iter()
+            .zip(&fresh)
+            .filter_map(|(r, f)| f.then_some(r))
+            .collect();
+        upsert_deliveries(&tx, &counted).await?;
+        let disabled = count_failures(&tx, &counted, rule).await?;
         tx.commit().await?;
-        Ok(disabled)
+        Ok(BatchWritten { disabled, fresh })
+    }
+
+    /// Where the chain of `delivery` stands with respect to its attempt `attempt`: whether
+    /// that attempt is recorded (and when its retry was due), and how many attempts the
+    /// delivery has made. The delivery service reads it for redelivered tasks and retries, to
+    /// tell an attempt already made from one still to make.
+    #[tracing::instrument(skip_all, fields(delivery_id = %delivery, attempt))]
+    pub async fn chain_state(
+        &self,
+        delivery: DeliveryId,
+        attempt: u32,
+    ) -> Result<ChainState, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT (SELECT attempts FROM deliveries WHERE id = $1),
+                        a.attempted_at, a.next_retry_at
+                 FROM (SELECT 1) AS one
+                 LEFT JOIN delivery_attempts a ON a.delivery_id = $1 AND a.attempt = $2",
+                &[&delivery.as_uuid(), &to_i32(attempt)],
+            )
+            .await?;
+        let made: Option<i32> = row.try_get(0)?;
+        let at: Option<DateTime<Utc>> = row.try_get(1)?;
+        Ok(ChainState {
+            attempts_made: made.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
+            recorded: at.map(|at| RecordedAttempt {
+                at,
+                next_retry_at: row.try_get(2).ok().flatten(),
+            }),
+        })
     }
 
     /// The send targets of `ids` (found ones only; deleted ones are returned as deleted).
@@ -609,4 +504,307 @@ impl Store {
         row.map(|r| DeliveryStatus::parse(r.try_get(0)?))
             .transpose()
     }
+}
+
+/// Outcomes with the start times of their attempts.
+type Timed = Vec<(DateTime<Utc>, Outcome)>;
+
+/// Inserts the attempt rows of `records` (skips have none), in the order the attempts
+/// happened. Returns the attempts that were new; one already stored is left as it was.
+async fn insert_attempts(
+    tx: &tokio_postgres::Transaction<'_>,
+    records: &[AttemptRecord],
+) -> Result<HashSet<(DeliveryId, u32)>, StoreError> {
+    let mut a_delivery = Vec::new();
+    let mut a_event = Vec::new();
+    let mut a_hook = Vec::new();
+    let mut a_attempt = Vec::new();
+    let mut a_at = Vec::new();
+    let mut a_code: Vec<Option<i32>> = Vec::new();
+    let mut a_error: Vec<Option<&str>> = Vec::new();
+    let mut a_latency = Vec::new();
+    let mut a_snippet: Vec<Option<&str>> = Vec::new();
+    let mut a_next: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut ordered: Vec<&AttemptRecord> = records.iter().collect();
+    ordered.sort_by_key(|r| r.at);
+    for r in ordered {
+        if let RecordKind::Attempt {
+            status_code,
+            error_kind,
+            latency_ms,
+            snippet,
+            next_retry_at,
+            ..
+        } = &r.kind
+        {
+            a_delivery.push(r.delivery_id.as_uuid());
+            a_event.push(r.event_id.as_uuid());
+            a_hook.push(r.webhook_id.as_uuid());
+            a_attempt.push(to_i32(r.attempt));
+            a_at.push(r.at);
+            a_code.push(status_code.map(i32::from));
+            a_error.push(*error_kind);
+            a_latency.push(to_i32(*latency_ms));
+            a_snippet.push(snippet.as_deref());
+            a_next.push(*next_retry_at);
+        }
+    }
+    if a_delivery.is_empty() {
+        return Ok(HashSet::new());
+    }
+    // Without foreign keys (V3) the writer checks that the event and the webhook exist; an
+    // unpublished test event is removed with its deliveries, and its late records with it.
+    let rows = tx
+        .query(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, attempted_at, status_code,
+                                            error_kind, latency_ms, response_snippet, next_retry_at)
+             SELECT u.delivery_id, u.attempt, u.attempted_at, u.status_code, u.error_kind,
+                    u.latency_ms, u.response_snippet, u.next_retry_at
+             FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int4[], $5::timestamptz[],
+                         $6::int4[], $7::text[], $8::int4[], $9::text[], $10::timestamptz[])
+                  AS u(delivery_id, event_id, webhook_id, attempt, attempted_at, status_code,
+                       error_kind, latency_ms, response_snippet, next_retry_at)
+             WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = u.event_id)
+               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
+             ON CONFLICT (delivery_id, attempt) DO NOTHING
+             RETURNING delivery_id, attempt",
+            &[
+                &a_delivery,
+                &a_event,
+                &a_hook,
+                &a_attempt,
+                &a_at,
+                &a_code,
+                &a_error,
+                &a_latency,
+                &a_snippet,
+                &a_next,
+            ],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let attempt: i32 = r.try_get(1)?;
+            Ok((
+                DeliveryId::from_uuid(r.try_get(0)?),
+                u32::try_from(attempt).unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
+/// Moves each delivery of `records` to the state of its newest record (creating its row on
+/// its first attempt). Rows created here get their log order (seq) in attempt order.
+async fn upsert_deliveries(
+    tx: &tokio_postgres::Transaction<'_>,
+    records: &[&AttemptRecord],
+) -> Result<(), StoreError> {
+    let mut latest: HashMap<DeliveryId, &AttemptRecord> = HashMap::new();
+    for r in records {
+        let keep = latest.get(&r.delivery_id).is_none_or(|old| {
+            (r.attempt, matches!(r.kind, RecordKind::Attempt { .. }))
+                >= (old.attempt, matches!(old.kind, RecordKind::Attempt { .. }))
+        });
+        if keep {
+            latest.insert(r.delivery_id, r);
+        }
+    }
+    if latest.is_empty() {
+        return Ok(());
+    }
+    let mut d_id = Vec::new();
+    let mut d_event = Vec::new();
+    let mut d_hook = Vec::new();
+    let mut d_status = Vec::new();
+    let mut d_attempts = Vec::new();
+    let mut d_last: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut d_next: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut d_skip: Vec<Option<&str>> = Vec::new();
+    let mut latest: Vec<&AttemptRecord> = latest.into_values().collect();
+    latest.sort_by_key(|r| r.at);
+    for r in latest {
+        d_id.push(r.delivery_id.as_uuid());
+        d_event.push(r.event_id.as_uuid());
+        d_hook.push(r.webhook_id.as_uuid());
+        d_status.push(r.status().as_str());
+        d_attempts.push(r.attempts_made());
+        match &r.kind {
+            RecordKind::Attempt { next_retry_at, .. } => {
+                d_last.push(Some(r.at));
+                d_next.push(*next_retry_at);
+                d_skip.push(None);
+            }
+            RecordKind::Skipped { reason } => {
+                d_last.push(None);
+                d_next.push(None);
+                d_skip.push(Some(reason));
+            }
+        }
+    }
+    tx.execute(
+        "INSERT INTO deliveries AS d (id, event_id, webhook_id, status, attempts,
+                                      last_attempt_at, next_attempt_at, skip_reason)
+         SELECT u.id, u.event_id, u.webhook_id, u.status, u.attempts, u.last_at, u.next_at, u.skip
+         FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[],
+                     $6::timestamptz[], $7::timestamptz[], $8::text[])
+              AS u(id, event_id, webhook_id, status, attempts, last_at, next_at, skip)
+         WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = u.event_id)
+           AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
+         ON CONFLICT (id) DO UPDATE SET
+             status = EXCLUDED.status,
+             attempts = EXCLUDED.attempts,
+             last_attempt_at = COALESCE(EXCLUDED.last_attempt_at, d.last_attempt_at),
+             next_attempt_at = EXCLUDED.next_attempt_at,
+             skip_reason = EXCLUDED.skip_reason,
+             updated_at = now()
+         WHERE d.attempts <= EXCLUDED.attempts
+           AND NOT (d.status = 'succeeded' AND d.attempts = EXCLUDED.attempts)",
+        &[
+            &d_id,
+            &d_event,
+            &d_hook,
+            &d_status,
+            &d_attempts,
+            &d_last,
+            &d_next,
+            &d_skip,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Applies the outcomes of the new attempts in `records` to their webhooks' failure
+/// histories, in the order the attempts started (the rule: [`DisableRule::apply`]), and
+/// disables the webhooks that reached the threshold. Returns those.
+async fn count_failures(
+    tx: &tokio_postgres::Transaction<'_>,
+    records: &[&AttemptRecord],
+    rule: DisableRule,
+) -> Result<Vec<Disabled>, StoreError> {
+    let mut outcomes: HashMap<WebhookId, Timed> = HashMap::new();
+    for r in records {
+        if let RecordKind::Attempt { outcome, .. } = r.kind {
+            outcomes
+                .entry(r.webhook_id)
+                .or_default()
+                .push((r.at, outcome));
+        }
+    }
+    let (clean, mixed): (Vec<_>, Vec<_>) = outcomes
+        .into_iter()
+        .partition(|(_, o)| o.iter().all(|(_, x)| *x == Outcome::Success));
+    reset_after_successes(tx, &clean).await?;
+    if mixed.is_empty() {
+        return Ok(Vec::new());
+    }
+
+    // Webhooks with a failure: lock in id order (no deadlock between pods), apply the rule.
+    let mixed: HashMap<WebhookId, Timed> = mixed.into_iter().collect();
+    let ids: Vec<Uuid> = mixed.keys().map(|w| w.as_uuid()).collect();
+    let rows = tx
+        .query(
+            "SELECT id, is_active, failures_counted_since, failure_times FROM webhooks
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&ids],
+        )
+        .await?;
+    let mut disabled = Vec::new();
+    let mut u_id = Vec::new();
+    let mut u_since: Vec<Option<DateTime<Utc>>> = Vec::new();
+    let mut u_times: Vec<String> = Vec::new();
+    let mut u_count = Vec::new();
+    let mut u_disable = Vec::new();
+    let mut u_reason: Vec<Option<String>> = Vec::new();
+    for row in rows {
+        let id = WebhookId::from_uuid(row.try_get(0)?);
+        let active: bool = row.try_get(1)?;
+        let history = FailureHistory {
+            counted_since: row.try_get(2)?,
+            failures: row.try_get(3)?,
+        };
+        let state = rule.apply(
+            &history,
+            mixed.get(&id).map(Vec::as_slice).unwrap_or_default(),
+        );
+        let disable = active && state.disable.is_some();
+        let reason = state.disable.as_ref().map(DisableReason::describe);
+        if disable {
+            disabled.push(Disabled {
+                webhook_id: id,
+                reason: reason.clone().unwrap_or_default(),
+            });
+        }
+        u_id.push(id.as_uuid());
+        u_since.push(state.history.counted_since);
+        u_count.push(to_i32(state.history.consecutive_failures()));
+        u_times.push(timestamps_literal(&state.history.failures));
+        u_disable.push(disable);
+        u_reason.push(reason);
+    }
+    // unnest cannot take an array of arrays of differing lengths: each history travels as
+    // an array literal and is cast back.
+    tx.execute(
+        "UPDATE webhooks AS w SET
+             failures_counted_since = u.since,
+             failure_times = u.times::timestamptz[],
+             consecutive_failures = u.count,
+             is_active = w.is_active AND NOT u.disable,
+             disabled_reason = CASE WHEN u.disable THEN u.reason ELSE w.disabled_reason END,
+             disabled_at = CASE WHEN u.disable THEN now() ELSE w.disabled_at END,
+             updated_at = CASE WHEN u.disable THEN now() ELSE w.updated_at END
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::int4[], $5::bool[], $6::text[])
+              AS u(id, since, times, count, disable, reason)
+         WHERE w.id = u.id",
+        &[&u_id, &u_since, &u_times, &u_count, &u_disable, &u_reason],
+    )
+    .await?;
+    Ok(disabled)
+}
+
+/// Webhooks whose new attempts all succeeded: their latest success becomes the point from
+/// which failures count, dropping the failures that started before it. One statement, no
+/// explicit lock (the update locks each row and re-checks the condition on a concurrent
+/// change); a success older than the counted one changes nothing.
+async fn reset_after_successes(
+    tx: &tokio_postgres::Transaction<'_>,
+    clean: &[(WebhookId, Timed)],
+) -> Result<(), StoreError> {
+    if clean.is_empty() {
+        return Ok(());
+    }
+    let mut pairs: Vec<(Uuid, DateTime<Utc>)> = clean
+        .iter()
+        .filter_map(|(w, o)| o.iter().map(|(t, _)| *t).max().map(|t| (w.as_uuid(), t)))
+        .collect();
+    pairs.sort();
+    let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = pairs.into_iter().unzip();
+    tx.execute(
+        "UPDATE webhooks AS w SET
+             failures_counted_since = u.at,
+             failure_times = ARRAY(SELECT f FROM unnest(w.failure_times) AS f
+                                   WHERE f > u.at ORDER BY f),
+             consecutive_failures = (SELECT count(*) FROM unnest(w.failure_times) AS f
+                                     WHERE f > u.at)
+         FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
+         WHERE w.id = u.id
+           AND (w.failures_counted_since IS NULL OR w.failures_counted_since < u.at)",
+        &[&ids, &times],
+    )
+    .await?;
+    Ok(())
+}
+
+/// A PostgreSQL array literal of timestamps (RFC 3339, exact to the microsecond).
+fn timestamps_literal(times: &[DateTime<Utc>]) -> String {
+    let inner: Vec<String> = times
+        .iter()
+        .map(|t| {
+            format!(
+                "\"{}\"",
+                t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+            )
+        })
+        .collect();
+    format!("{{{}}}", inner.join(","))
 }

@@ -14,8 +14,8 @@ mod seed;
 mod webhooks;
 
 pub use deliveries::{
-    AttemptRecord, AttemptRow, DeliveryRecord, DeliveryStatus, DeliveryTarget, Disabled,
-    RecordKind, Resend, ResendError,
+    AttemptRecord, AttemptRow, BatchWritten, ChainState, DeliveryRecord, DeliveryStatus,
+    DeliveryTarget, Disabled, RecordKind, RecordedAttempt, Resend, ResendError,
 };
 pub use error::StoreError;
 pub use events::{Claim, ClaimGuard, EventSource, NewEvent};

@@ -232,6 +232,9 @@ impl Store {
                          events = COALESCE($4, events),
                          is_active = COALESCE($5, is_active),
                          consecutive_failures = CASE WHEN $5 THEN 0 ELSE consecutive_failures END,
+                         failure_times = CASE WHEN $5 THEN '{{}}' ELSE failure_times END,
+                         failures_counted_since = CASE WHEN $5 THEN now()
+                                                       ELSE failures_counted_since END,
                          disabled_reason = CASE WHEN $5 THEN NULL
                                                 WHEN NOT $5 AND is_active THEN $6
                                                 ELSE disabled_reason END,

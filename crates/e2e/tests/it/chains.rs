@@ -1,0 +1,193 @@
+//! Retry chains under faults between the side effects of one attempt: a crash or a lost
+//! connection after the send but before the ack, and a publisher channel the broker closes.
+//! A crash may repeat the attempt that was in flight; it never starts a second series of
+//! later attempts, and a repeated attempt is counted once.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use aioka_core::event::EventType;
+use aioka_testkit::Receiver;
+use lapin::options::ExchangeDeleteOptions;
+use tokio_postgres::NoTls;
+
+use crate::{PATIENCE, System, sample};
+
+/// Closes, from the broker's side, the connection named `name` (e.g. `aioka-delivery@<prefix>`),
+/// as a network failure would. Returns how many were closed.
+fn close_connection_named(name: &str) -> usize {
+    let output = Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "client_properties", "pid"])
+        .output()
+        .expect("this test needs rabbitmqctl (the machine's RabbitMQ)");
+    assert!(output.status.success());
+    let marker = format!("\"{name}\"");
+    let mut closed = 0;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        if !line.contains(&marker) {
+            continue;
+        }
+        let pid = line.rsplit('\t').next().unwrap().trim();
+        let status = Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "chain fault test"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        closed += 1;
+    }
+    closed
+}
+
+/// How many times the receiver saw each attempt number.
+fn attempts_seen(receiver: &Receiver) -> BTreeMap<u32, usize> {
+    let mut seen = BTreeMap::new();
+    for r in receiver.received() {
+        let n: u32 = r.header("x-aioka-attempt").parse().unwrap();
+        *seen.entry(n).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Waits until the receiver has seen attempt `n`, or fails the test.
+async fn wait_for_attempt(receiver: &Receiver, n: u32) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !attempts_seen(receiver).contains_key(&n) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "attempt {n} never came; seen {:?}",
+            attempts_seen(receiver)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_task_redelivered_after_its_attempt_was_sent_does_not_fork_the_retry_chain() {
+    let system = System::start().await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["verdict.new"]).await;
+    receiver.respond_with(500);
+
+    // Attempt records cannot be written while this transaction holds its lock: the first
+    // attempt is sent, and its task is in hand, unrecorded and unacked.
+    let (db, connection) = tokio_postgres::connect(&system.db.url, NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db.batch_execute("BEGIN; LOCK TABLE delivery_attempts IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    wait_for_attempt(&receiver, 1).await;
+
+    // The fault: delivery's broker connection goes, with the task in hand. The broker hands
+    // it out again, and it is sent again while the first record is still waiting.
+    let name = format!("aioka-delivery@{}", system.broker.prefix);
+    assert_eq!(
+        close_connection_named(&name),
+        1,
+        "the fault did not land: no connection {name}"
+    );
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while attempts_seen(&receiver).get(&1).copied().unwrap_or(0) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the redelivered task was never sent again: {:?}",
+            attempts_seen(&receiver)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    db.batch_execute("ROLLBACK").await.unwrap();
+
+    let logged = system
+        .wait_for_delivery(&customer, &webhook, |d| d["status"] == "failed")
+        .await;
+    // Let any second series show itself: its last retry is due within a second or two.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let seen = attempts_seen(&receiver);
+    assert_eq!(
+        seen.get(&1),
+        Some(&2),
+        "attempt 1 was in flight: sent twice"
+    );
+    for n in 2..=4 {
+        assert_eq!(
+            seen.get(&n),
+            Some(&1),
+            "attempt {n} sent more than once: the chain forked ({seen:?})"
+        );
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!(logged["attempt_count"], 4);
+    let hook = system.webhook(&customer, &webhook).await;
+    assert_eq!(
+        hook["consecutive_failures"], 4,
+        "the repeated attempt counted twice"
+    );
+}
+
+#[tokio::test]
+async fn a_publisher_channel_closed_by_the_broker_ends_the_delivery_session_and_the_chain_goes_on()
+{
+    let system = System::start().await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["verdict.new"]).await;
+    receiver.respond_with(500);
+    // Publishing the first retry to an exchange that is gone makes the broker close the
+    // delivery service's publisher channel.
+    let conn = system.broker.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .exchange_delete(
+            system.broker.topology().retry_exchange().as_str().into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    wait_for_attempt(&receiver, 1).await;
+    // A new session declares the topology again, and the redelivered task schedules its
+    // retry: the whole chain is sent.
+    wait_for_attempt(&receiver, 4).await;
+    let logged = system
+        .wait_for_delivery(&customer, &webhook, |d| d["status"] == "failed")
+        .await;
+    assert_eq!(logged["attempt_count"], 4);
+    let seen = attempts_seen(&receiver);
+    assert!(
+        (2..=4).all(|n| seen.get(&n) == Some(&1)),
+        "each retry once: {seen:?}"
+    );
+    let hook = system.webhook(&customer, &webhook).await;
+    assert_eq!(hook["consecutive_failures"], 4);
+}
+
+#[tokio::test]
+async fn a_publisher_channel_closed_by_the_broker_ends_the_fanout_session_and_the_event_is_delivered()
+ {
+    let system = System::start().await;
+    let (receiver, _customer, producer, _webhook, _) = system.subscriber(&["verdict.new"]).await;
+    // Fan-out's first task publish goes to an exchange that is gone: the broker closes its
+    // publisher channel. Before, fanout held the event forever while /readyz said 200.
+    let conn = system.broker.connect().await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .exchange_delete(
+            system
+                .broker
+                .topology()
+                .deliveries_exchange()
+                .as_str()
+                .into(),
+            ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    let got = receiver.wait_for(1, PATIENCE).await;
+    assert_eq!(got.len(), 1);
+}
