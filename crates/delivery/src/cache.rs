@@ -4,8 +4,12 @@
 //! Misses are loaded in batches (every miss that arrives while a load runs joins the next
 //! one, up to 500 ids per query), so a cold cache facing 100 000 distinct webhooks makes a few
 //! hundred queries, not 100 000. Entries are dropped on a PostgreSQL change notice (delete,
-//! disable, enable, URL change), all at once when the notice connection drops (we may have
-//! missed some), and after `delivery.cache_ttl` in any case.
+//! disable, enable, URL change, and any change of the owner's key: revoked, tier), all at
+//! once when the notice connection drops (we may have missed some), and after
+//! `delivery.cache_ttl` in any case.
+//!
+//! A load that was running when a notice came may have read the row from before the change:
+//! its result is not cached and its waiters are answered by a fresh load ([`Entries`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,14 +30,57 @@ pub enum Target {
     Disabled,
     /// Deleted, or never existed.
     Gone,
+    /// The owner's key no longer receives deliveries (revoked, or on the Free tier).
+    KeyInactive(&'static str),
     /// The stored secret does not decrypt with this process's key: an operator must fix the
     /// key before this webhook can be served.
     Undecryptable,
 }
 
 type Reply = oneshot::Sender<Result<Arc<Target>, Arc<StoreError>>>;
-/// Each entry remembers when it was loaded.
-type Entries = HashMap<WebhookId, (Instant, Arc<Target>)>;
+
+/// The cached targets (each remembers when it was loaded), and what was invalidated while
+/// the one loader's current load ran.
+#[derive(Debug, Default)]
+struct Entries {
+    targets: HashMap<WebhookId, (Instant, Arc<Target>)>,
+    /// Ids invalidated since the current load began.
+    invalidated: std::collections::HashSet<WebhookId>,
+    /// Everything was invalidated since the current load began.
+    cleared: bool,
+}
+
+impl Entries {
+    /// A load is about to read the database: changes from now on make its result suspect.
+    fn begin_load(&mut self) {
+        self.invalidated.clear();
+        self.cleared = false;
+    }
+
+    fn invalidate(&mut self, id: WebhookId) {
+        self.targets.remove(&id);
+        self.invalidated.insert(id);
+    }
+
+    fn clear(&mut self) {
+        self.targets.clear();
+        self.cleared = true;
+    }
+
+    /// Whether `id` changed while the current load ran, so its loaded row may be stale.
+    fn changed_during_load(&self, id: WebhookId) -> bool {
+        self.cleared || self.invalidated.contains(&id)
+    }
+
+    /// Caches a loaded target unless it changed during the load; returns whether it did.
+    fn finish_load(&mut self, id: WebhookId, at: Instant, target: &Arc<Target>) -> bool {
+        if self.changed_during_load(id) {
+            return false;
+        }
+        self.targets.insert(id, (at, target.clone()));
+        true
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Cache {
@@ -76,13 +123,13 @@ impl Cache {
 
     fn fresh(&self, id: WebhookId) -> Option<Arc<Target>> {
         let entries = self.entries.lock().ok()?;
-        let (at, target) = entries.get(&id)?;
+        let (at, target) = entries.targets.get(&id)?;
         (at.elapsed() < self.ttl).then(|| target.clone())
     }
 
     pub fn invalidate(&self, id: WebhookId) {
         if let Ok(mut entries) = self.entries.lock() {
-            entries.remove(&id);
+            entries.invalidate(id);
         }
     }
 
@@ -100,17 +147,21 @@ impl Cache {
         shutdown: CancellationToken,
     ) {
         let mut sweep = tokio::time::interval(self.ttl.max(Duration::from_secs(1)));
+        // Waiters whose webhook changed while their load ran: loaded again first.
+        let mut again: HashMap<WebhookId, Vec<Reply>> = HashMap::new();
         loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = sweep.tick() => {
-                    self.evict_expired();
-                    continue;
-                }
-                next = rx.recv() => match next { Some(f) => f, None => return },
-            };
-            let mut waiting: HashMap<WebhookId, Vec<Reply>> = HashMap::new();
-            waiting.entry(first.0).or_default().push(first.1);
+            let mut waiting: HashMap<WebhookId, Vec<Reply>> = std::mem::take(&mut again);
+            if waiting.is_empty() {
+                let first = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = sweep.tick() => {
+                        self.evict_expired();
+                        continue;
+                    }
+                    next = rx.recv() => match next { Some(f) => f, None => return },
+                };
+                waiting.entry(first.0).or_default().push(first.1);
+            }
             while waiting.len() < LOAD_BATCH {
                 match rx.try_recv() {
                     Ok((id, reply)) => waiting.entry(id).or_default().push(reply),
@@ -118,6 +169,9 @@ impl Cache {
                 }
             }
             let ids: Vec<WebhookId> = waiting.keys().copied().collect();
+            if let Ok(mut entries) = self.entries.lock() {
+                entries.begin_load();
+            }
             match store.delivery_targets(&ids).await {
                 Ok(rows) => {
                     let mut found: HashMap<WebhookId, Arc<Target>> = rows
@@ -125,6 +179,10 @@ impl Cache {
                         .map(|row| {
                             let target = if row.deleted {
                                 Target::Gone
+                            } else if row.key_revoked {
+                                Target::KeyInactive("api key revoked")
+                            } else if row.key_free_tier {
+                                Target::KeyInactive("api key on the free tier")
                             } else if !row.is_active {
                                 Target::Disabled
                             } else {
@@ -145,8 +203,13 @@ impl Cache {
                     let mut entries = self.entries.lock().ok();
                     for (id, replies) in waiting {
                         let target = found.remove(&id).unwrap_or_else(|| Arc::new(Target::Gone));
-                        if let Some(entries) = entries.as_mut() {
-                            entries.insert(id, (now, target.clone()));
+                        let fresh = entries
+                            .as_mut()
+                            .is_none_or(|e| e.finish_load(id, now, &target));
+                        if !fresh {
+                            // Read before a change we were told of: ask again.
+                            again.insert(id, replies);
+                            continue;
                         }
                         for reply in replies {
                             let _ = reply.send(Ok(target.clone()));
@@ -167,7 +230,7 @@ impl Cache {
     fn evict_expired(&self) {
         if let Ok(mut entries) = self.entries.lock() {
             let ttl = self.ttl;
-            entries.retain(|_, (at, _)| at.elapsed() < ttl);
+            entries.targets.retain(|_, (at, _)| at.elapsed() < ttl);
         }
     }
 
@@ -199,5 +262,47 @@ impl Cache {
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn active() -> Arc<Target> {
+        Arc::new(Target::Active {
+            url: "https://example.test/".into(),
+            secret: WebhookSecret::generate(),
+        })
+    }
+
+    #[test]
+    fn a_load_that_began_before_an_invalidation_is_not_cached() {
+        let mut entries = Entries::default();
+        let (changed, untouched) = (WebhookId::new(), WebhookId::new());
+        entries.begin_load();
+        // The change notice arrives while the query is running.
+        entries.invalidate(changed);
+        assert!(!entries.finish_load(changed, Instant::now(), &active()));
+        assert!(entries.finish_load(untouched, Instant::now(), &active()));
+        assert!(!entries.targets.contains_key(&changed));
+        assert!(entries.targets.contains_key(&untouched));
+    }
+
+    #[test]
+    fn a_load_that_began_before_the_notices_were_lost_is_not_cached() {
+        let mut entries = Entries::default();
+        entries.begin_load();
+        entries.clear();
+        assert!(!entries.finish_load(WebhookId::new(), Instant::now(), &active()));
+    }
+
+    #[test]
+    fn an_invalidation_before_the_load_began_does_not_block_it() {
+        let mut entries = Entries::default();
+        let id = WebhookId::new();
+        entries.invalidate(id);
+        entries.begin_load();
+        assert!(entries.finish_load(id, Instant::now(), &active()));
     }
 }

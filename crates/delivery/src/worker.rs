@@ -197,6 +197,7 @@ impl Worker {
             Target::Active { url, secret } => (url, secret),
             Target::Disabled => return self.skip(&task, "webhook disabled").await,
             Target::Gone => return self.skip(&task, "webhook deleted").await,
+            Target::KeyInactive(reason) => return self.skip(&task, reason).await,
             Target::Undecryptable => {
                 let reason =
                     "the webhook's secret does not decrypt with this service's security.secret_key";

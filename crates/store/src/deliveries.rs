@@ -203,6 +203,10 @@ pub struct DeliveryTarget {
     pub secret_sealed: Vec<u8>,
     pub is_active: bool,
     pub deleted: bool,
+    /// The owner's key is revoked: nothing more is sent, queued tasks included.
+    pub key_revoked: bool,
+    /// The owner's key is on the Free tier, which has no webhooks.
+    pub key_free_tier: bool,
 }
 
 fn to_i32(n: u32) -> i32 {
@@ -318,8 +322,10 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id, url, secret_sealed, is_active, deleted_at IS NOT NULL
-                 FROM webhooks WHERE id = ANY($1)",
+                "SELECT w.id, w.url, w.secret_sealed, w.is_active, w.deleted_at IS NOT NULL,
+                        k.revoked_at IS NOT NULL, k.tier = 'free'
+                 FROM webhooks w JOIN api_keys k ON k.id = w.api_key_id
+                 WHERE w.id = ANY($1)",
                 &[&uuids],
             )
             .await?;
@@ -331,6 +337,8 @@ impl Store {
                     secret_sealed: r.try_get(2)?,
                     is_active: r.try_get(3)?,
                     deleted: r.try_get(4)?,
+                    key_revoked: r.try_get(5)?,
+                    key_free_tier: r.try_get::<_, Option<bool>>(6)?.unwrap_or(false),
                 })
             })
             .collect()

@@ -191,3 +191,48 @@ async fn a_publisher_channel_closed_by_the_broker_ends_the_fanout_session_and_th
     let got = receiver.wait_for(1, PATIENCE).await;
     assert_eq!(got.len(), 1);
 }
+
+#[tokio::test]
+async fn revoking_a_key_stops_its_queued_retries() {
+    let system = System::start().await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["verdict.new"]).await;
+    receiver.respond_with(500);
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    // The webhook is in the delivery service's cache, and its retry is waiting in a tier.
+    wait_for_attempt(&receiver, 1).await;
+    let record = system
+        .db
+        .store
+        .find_active_key(&aioka_core::ApiKey::from_header(&customer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(system.db.store.revoke_key(record.id).await.unwrap());
+    let sent_before = attempts_seen(&receiver).values().sum::<usize>();
+    // The log is the owner's and the key is revoked, so read the state as an operator.
+    let delivery = receiver.received()[0].header("x-aioka-delivery").to_owned();
+    let id: aioka_core::DeliveryId = delivery.parse().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let status = system.db.store.delivery_status(id).await.unwrap();
+        if status == Some(aioka_store::DeliveryStatus::Skipped) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the delivery was never skipped: {status:?}, attempts {:?}",
+            attempts_seen(&receiver)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // At most the retry already in flight when the key was revoked went out.
+    let sent = attempts_seen(&receiver).values().sum::<usize>();
+    assert!(
+        sent <= sent_before + 1,
+        "retries went on after the key was revoked: {:?}",
+        attempts_seen(&receiver)
+    );
+    let _ = webhook;
+}
