@@ -17,7 +17,7 @@ pub mod url_policy;
 
 pub use event::{Envelope, EventType, FieldError};
 pub use ids::{ApiKeyId, DeliveryId, EventId, WebhookId};
-pub use secret::{ApiKey, EncryptionKey, KeyKind, WebhookSecret};
+pub use secret::{ApiKey, EncryptionKey, KeyKind, TaskKey, WebhookSecret};
 
 /// The product name and version, as sent in `User-Agent`.
 pub const USER_AGENT: &str = concat!("AIOKA-Webhooks/", env!("CARGO_PKG_VERSION"));

@@ -4,10 +4,15 @@
 //! A field is only ever added with a default, so a newer consumer reads an older message;
 //! anything else is a new version tag.
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 
 use crate::event::EventType;
 use crate::ids::{DeliveryId, EventId, WebhookId};
+use crate::secret::TaskKey;
 
 /// One delivery of one event to one webhook, as published to `aioka.deliveries` and, after a
 /// failed attempt, to a retry tier. The body travels in the task so every attempt sends and
@@ -33,6 +38,23 @@ pub struct DeliveryTask {
     /// re-send): retries are counted from here against the schedule.
     #[serde(default = "one")]
     pub series_start: u32,
+    /// HMAC-SHA256 (base64url) with the [`TaskKey`] over what the receiver gets and whom it
+    /// is for: delivery, event and webhook ids, event type and body (not the attempt
+    /// numbers, which the delivery service moves on retries). Set by fanout and the gateway;
+    /// a task without a valid tag is parked, never sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
+}
+
+/// Why the delivery service refuses a task it cannot trace to our own services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TaskRefused {
+    #[error("the task carries no authentication tag")]
+    Untagged,
+    #[error("the task's authentication tag does not match its content")]
+    BadTag,
+    #[error("the task's delivery id is not the one of its event and webhook")]
+    ForeignDeliveryId,
 }
 
 const fn one() -> u32 {
@@ -43,6 +65,44 @@ impl DeliveryTask {
     /// 1-based position of this attempt in its series, for the retry schedule.
     pub fn attempt_in_series(&self) -> u32 {
         self.attempt.saturating_sub(self.series_start) + 1
+    }
+
+    fn tag_mac(&self, key: &TaskKey) -> hmac::Hmac<Sha256> {
+        let mut mac = <hmac::Hmac<Sha256>>::new_from_slice(&key.0).expect("any key length");
+        mac.update(b"v1");
+        mac.update(self.delivery_id.as_uuid().as_bytes());
+        mac.update(self.event_id.as_uuid().as_bytes());
+        mac.update(self.webhook_id.as_uuid().as_bytes());
+        // Lengths first, so no two different tasks feed the same bytes.
+        let event_type = self.event_type.as_str().as_bytes();
+        mac.update(&(event_type.len() as u64).to_be_bytes());
+        mac.update(event_type);
+        mac.update(&(self.body.len() as u64).to_be_bytes());
+        mac.update(self.body.as_bytes());
+        mac
+    }
+
+    /// The task with its tag set (see [`DeliveryTask::auth`]).
+    pub fn authenticated(mut self, key: &TaskKey) -> Self {
+        let tag = self.tag_mac(key).finalize().into_bytes();
+        self.auth = Some(URL_SAFE_NO_PAD.encode(tag));
+        self
+    }
+
+    /// Checks the tag (in constant time) and that the delivery id is the one derived from
+    /// the event and the webhook.
+    pub fn verify(&self, key: &TaskKey) -> Result<(), TaskRefused> {
+        let tag = self.auth.as_deref().ok_or(TaskRefused::Untagged)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| TaskRefused::BadTag)?;
+        self.tag_mac(key)
+            .verify_slice(&tag)
+            .map_err(|_| TaskRefused::BadTag)?;
+        if self.delivery_id != DeliveryId::for_pair(self.event_id, self.webhook_id) {
+            return Err(TaskRefused::ForeignDeliveryId);
+        }
+        Ok(())
     }
 
     /// The task for the next attempt of the same series.
@@ -79,7 +139,56 @@ mod tests {
             body: "{}".into(),
             attempt: 1,
             series_start: 1,
+            auth: None,
         }
+    }
+
+    fn key() -> TaskKey {
+        crate::EncryptionKey::generate().task_key()
+    }
+
+    #[test]
+    fn an_authenticated_task_verifies_and_survives_its_retries() {
+        let key = key();
+        let t = task().authenticated(&key);
+        assert_eq!(t.verify(&key), Ok(()));
+        let again = Task::from_bytes(&Task::V1(t.next_attempt()).to_bytes()).unwrap();
+        let Task::V1(again) = again;
+        assert_eq!(again.verify(&key), Ok(()));
+    }
+
+    #[test]
+    fn a_task_changed_after_tagging_or_tagged_with_another_key_is_refused() {
+        let key = key();
+        let t = task().authenticated(&key);
+        assert_eq!(task().verify(&key), Err(TaskRefused::Untagged));
+        assert_eq!(t.verify(&self::key()), Err(TaskRefused::BadTag));
+        let forged_body = DeliveryTask {
+            body: "{\"forged\":true}".into(),
+            ..t.clone()
+        };
+        assert_eq!(forged_body.verify(&key), Err(TaskRefused::BadTag));
+        let other_webhook = DeliveryTask {
+            webhook_id: WebhookId::new(),
+            ..t.clone()
+        };
+        assert_eq!(other_webhook.verify(&key), Err(TaskRefused::BadTag));
+        let garbage = DeliveryTask {
+            auth: Some("not base64!".into()),
+            ..t
+        };
+        assert_eq!(garbage.verify(&key), Err(TaskRefused::BadTag));
+    }
+
+    #[test]
+    fn a_tagged_task_whose_delivery_id_is_not_derived_from_its_pair_is_refused() {
+        let key = key();
+        let t = DeliveryTask {
+            delivery_id: DeliveryId::new(),
+            ..task()
+        }
+        .authenticated(&key);
+        assert_eq!(t.verify(&key), Err(TaskRefused::ForeignDeliveryId));
     }
 
     #[test]

@@ -189,7 +189,30 @@ pub enum CryptoError {
 const SEAL_VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
 
+/// The key that authenticates delivery tasks between our own services (fanout and the
+/// gateway tag each task, delivery checks the tag), so that a broker credential alone cannot
+/// have a webhook's secret sign a body of the holder's choosing. Derived from the
+/// [`EncryptionKey`] with a fixed label (HMAC-SHA256), so there is one key to manage and a
+/// tag reveals nothing of it. Never printed.
+#[derive(Clone)]
+pub struct TaskKey(pub(crate) [u8; 32]);
+
+impl fmt::Debug for TaskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
 impl EncryptionKey {
+    /// The key for [`crate::messages::DeliveryTask`] tags, derived from this one.
+    pub fn task_key(&self) -> TaskKey {
+        use hmac::Mac;
+        let mut mac = <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes keys of any length");
+        mac.update(b"aioka delivery task authentication v1");
+        TaskKey(mac.finalize().into_bytes().into())
+    }
+
     pub fn from_base64(text: &str) -> Result<Self, CryptoError> {
         let bytes = STANDARD
             .decode(text.trim())

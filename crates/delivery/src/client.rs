@@ -336,6 +336,7 @@ mod tests {
             body: r#"{"event":"regime.change"}"#.into(),
             attempt: 3,
             series_start: 1,
+            auth: None,
         };
         let h = Sender::headers(&task, &secret, 1_776_695_520);
         let dlv = task.delivery_id.to_string();

@@ -36,6 +36,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     settings.validate()?;
     let key = Arc::new(settings.security.encryption_key()?);
+    let task_key = key.task_key();
     let schedule = settings.retry_schedule()?;
     let store = Store::connect(&settings.database)?;
     let health = Health::new(&["database", "amqp"]);
@@ -101,6 +102,7 @@ pub async fn run(
         cache,
         sender: client::Sender::new(&d, settings.security.allow_private_targets)?,
         recorder,
+        task_key,
         store,
         health,
         stopping: shutdown.clone(),

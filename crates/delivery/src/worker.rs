@@ -38,6 +38,8 @@ pub(crate) struct Worker {
     pub cache: Cache,
     pub sender: Sender,
     pub recorder: Recorder,
+    /// Checks that a task was tagged by fanout or the gateway.
+    pub task_key: aioka_core::TaskKey,
     /// For the state of deliveries whose tasks may be repeats (redelivered, or retries).
     pub store: Store,
     pub health: Health,
@@ -92,7 +94,23 @@ impl Worker {
 
     async fn process(&self, publisher: &Publisher, delivery: Delivery) {
         let task = match Task::from_bytes(&delivery.data) {
-            Ok(Task::V1(task)) => task,
+            Ok(Task::V1(task)) => match task.verify(&self.task_key) {
+                Ok(()) => task,
+                Err(e) => {
+                    // Whoever published this holds a broker credential but not our key: it
+                    // is never signed with a webhook's secret, never sent.
+                    let reason = format!("task refused: {e}");
+                    tracing::warn!(delivery_id = %task.delivery_id, webhook_id = %task.webhook_id, %reason);
+                    metrics::counter!("aioka_delivery_tasks_refused_total").increment(1);
+                    if aioka_queue::park(publisher, &self.topology, &delivery, "delivery", &reason)
+                        .await
+                        .is_err()
+                    {
+                        aioka_queue::requeue(&delivery).await;
+                    }
+                    return;
+                }
+            },
             Err(e) => {
                 let reason = format!("not a delivery task: {e}");
                 if aioka_queue::park(publisher, &self.topology, &delivery, "delivery", &reason)

@@ -44,6 +44,7 @@ pub async fn run(
     ));
     let worker = worker::Worker {
         store,
+        task_key: settings.security.encryption_key()?.task_key(),
         topology,
         settings: settings.clone(),
         health: health.clone(),

@@ -1,5 +1,6 @@
-//! The fanout's settings: `[database]`, `[amqp]`, `[fanout]`, `[telemetry]`, and the retry
-//! schedule of `[delivery]` (to declare the same topology as the other services).
+//! The fanout's settings: `[database]`, `[amqp]`, `[fanout]`, `[telemetry]`, `[security]`
+//! (its key authenticates the tasks fanout publishes), and the retry schedule of
+//! `[delivery]` (to declare the same topology as the other services).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -7,7 +8,7 @@ use std::time::Duration;
 use aioka_core::retry::RetrySchedule;
 use aioka_queue::AmqpSettings;
 use aioka_runtime::settings::{RetryScheduleOnly, duration};
-use aioka_runtime::{SettingsError, TelemetrySettings};
+use aioka_runtime::{SecuritySettings, SettingsError, TelemetrySettings};
 use aioka_store::DatabaseSettings;
 use serde::Deserialize;
 
@@ -17,6 +18,7 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     pub fanout: FanoutSettings,
     pub telemetry: TelemetrySettings,
+    pub security: SecuritySettings,
     pub delivery: RetryScheduleOnly,
 }
 
@@ -42,6 +44,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), SettingsError> {
         self.health_addr()?;
         self.retry_schedule()?;
+        self.security.encryption_key()?;
         if self.fanout.chunk_size == 0 || self.fanout.chunk_size > 10_000 {
             return Err(SettingsError::invalid(
                 "fanout",

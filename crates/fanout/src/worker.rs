@@ -24,6 +24,8 @@ pub const SOURCE_HEADER: &str = "x-aioka-source";
 
 pub(crate) struct Worker {
     pub store: Store,
+    /// Tags every task, so delivery can tell ours from a forged one.
+    pub task_key: aioka_core::TaskKey,
     pub topology: Topology,
     pub settings: Settings,
     pub health: Health,
@@ -247,15 +249,19 @@ impl Worker {
         let mut pending = Vec::with_capacity(webhooks.len());
         for webhook in webhooks {
             let delivery_id = DeliveryId::for_pair(event.id, *webhook);
-            let task = Task::V1(DeliveryTask {
-                delivery_id,
-                event_id: event.id,
-                webhook_id: *webhook,
-                event_type: event.envelope.event,
-                body: body.to_owned(),
-                attempt: 1,
-                series_start: 1,
-            });
+            let task = Task::V1(
+                DeliveryTask {
+                    delivery_id,
+                    event_id: event.id,
+                    webhook_id: *webhook,
+                    event_type: event.envelope.event,
+                    body: body.to_owned(),
+                    attempt: 1,
+                    series_start: 1,
+                    auth: None,
+                }
+                .authenticated(&self.task_key),
+            );
             let props = persistent_json(Some(&delivery_id.to_string()), headers.clone());
             pending.push(
                 publisher

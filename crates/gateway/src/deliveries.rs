@@ -198,18 +198,23 @@ pub async fn send_test(
         .insert_pending_deliveries(event_id, &targets)
         .await?;
     let exchange = state.publisher.topology().deliveries_exchange();
+    let task_key = state.encryption_key.task_key();
     let messages = targets
         .iter()
         .map(|webhook| {
-            let (key, bytes, props) = task_message(DeliveryTask {
-                delivery_id: DeliveryId::for_pair(event_id, *webhook),
-                event_id,
-                webhook_id: *webhook,
-                event_type,
-                body: body.clone(),
-                attempt: 1,
-                series_start: 1,
-            });
+            let (key, bytes, props) = task_message(
+                DeliveryTask {
+                    delivery_id: DeliveryId::for_pair(event_id, *webhook),
+                    event_id,
+                    webhook_id: *webhook,
+                    event_type,
+                    body: body.clone(),
+                    attempt: 1,
+                    series_start: 1,
+                    auth: None,
+                }
+                .authenticated(&task_key),
+            );
             (exchange.clone(), key, bytes, props)
         })
         .collect();
@@ -254,15 +259,19 @@ pub async fn retry(
             }
             ResendError::Store(e) => e.into(),
         })?;
-    let (key, bytes, props) = task_message(DeliveryTask {
-        delivery_id: delivery,
-        event_id: resend.event_id,
-        webhook_id: webhook,
-        event_type: resend.event_type,
-        body: resend.body,
-        attempt: resend.attempt,
-        series_start: resend.attempt,
-    });
+    let (key, bytes, props) = task_message(
+        DeliveryTask {
+            delivery_id: delivery,
+            event_id: resend.event_id,
+            webhook_id: webhook,
+            event_type: resend.event_type,
+            body: resend.body,
+            attempt: resend.attempt,
+            series_start: resend.attempt,
+            auth: None,
+        }
+        .authenticated(&state.encryption_key.task_key()),
+    );
     let exchange = state.publisher.topology().deliveries_exchange();
     if let Err(e) = state
         .publisher

@@ -4,6 +4,7 @@
 mod chains;
 mod delivery;
 mod faults;
+mod forgery;
 mod hostile;
 mod ingest;
 mod manage;

@@ -1,0 +1,97 @@
+//! Nobody can forge a delivery: a task published straight to the deliveries exchange with a
+//! broker credential, but without our services' tag, is parked with its reason and never
+//! signed with the webhook's secret nor sent.
+
+use std::time::Duration;
+
+use aioka_core::event::EventType;
+use aioka_core::messages::{DeliveryTask, Task};
+use aioka_core::{DeliveryId, EncryptionKey, EventId, WebhookId};
+use lapin::BasicProperties;
+use lapin::options::{BasicGetOptions, BasicPublishOptions};
+
+use crate::{PATIENCE, System, sample};
+
+#[tokio::test]
+async fn a_task_without_our_tag_is_parked_and_never_sent() {
+    let system = System::start().await;
+    let (receiver, _customer, producer, webhook, _) = system.subscriber(&["verdict.new"]).await;
+    let webhook_id: WebhookId = webhook.parse().unwrap();
+    let event_id = EventId::new();
+    let forged = |auth_key: Option<&EncryptionKey>| {
+        let task = DeliveryTask {
+            delivery_id: DeliveryId::for_pair(event_id, webhook_id),
+            event_id,
+            webhook_id,
+            event_type: EventType::VerdictNew,
+            body: r#"{"event":"verdict.new","data":{"forged":true}}"#.into(),
+            attempt: 1,
+            series_start: 1,
+            auth: None,
+        };
+        let task = match auth_key {
+            Some(key) => task.authenticated(&key.task_key()),
+            None => task,
+        };
+        Task::V1(task).to_bytes()
+    };
+    // The broker lets the service credential publish here; only the tag can tell.
+    let connection = system.broker.connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let topology = system.broker.topology();
+    let other_key = EncryptionKey::generate();
+    for body in [forged(None), forged(Some(&other_key))] {
+        channel
+            .basic_publish(
+                topology.deliveries_exchange().as_str().into(),
+                aioka_queue::DELIVERY_KEY.into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // A real event after the forged tasks is delivered: the consumer is unharmed.
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    receiver.wait_for(1, PATIENCE).await;
+
+    let mut reasons = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while reasons.len() < 2 && tokio::time::Instant::now() < deadline {
+        match channel
+            .basic_get(
+                topology.parking_queue().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            Some(message) => {
+                let headers = message.delivery.properties.headers().clone();
+                reasons.push(
+                    aioka_queue::header_str(headers.as_ref(), aioka_queue::PARK_REASON_HEADER)
+                        .unwrap(),
+                );
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert_eq!(reasons.len(), 2, "both forged tasks parked: {reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("no authentication tag")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("does not match")),
+        "{reasons:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "only the real event arrived");
+    assert!(!String::from_utf8_lossy(&got[0].body).contains("forged"));
+}
