@@ -44,6 +44,8 @@ enum ResolveError {
     Blocked(String),
     #[error("{0} does not resolve: {1}")]
     Lookup(String, std::io::Error),
+    #[error("{0} resolves to no address")]
+    Empty(String),
 }
 
 /// Resolves with the system resolver and drops addresses the URL policy blocks.
@@ -57,17 +59,35 @@ impl Resolve for PolicyResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            let answer: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await
                 .map_err(|e| ResolveError::Lookup(host.clone(), e))?
-                .filter(|a| allow_private || blocked_reason(a.ip()).is_none())
                 .collect();
-            if addrs.is_empty() {
-                return Err(Box::new(ResolveError::Blocked(host)) as _);
-            }
+            let addrs = screen(host, answer, allow_private)?;
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
     }
+}
+
+/// The addresses of a DNS answer we may connect to. Blocked ones are dropped (the client
+/// tries the rest); an empty answer, or one left with none, is refused.
+fn screen(
+    host: String,
+    answer: Vec<SocketAddr>,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, ResolveError> {
+    // An empty answer is a DNS failure, not a policy one, whatever the policy.
+    if answer.is_empty() {
+        return Err(ResolveError::Empty(host));
+    }
+    let addrs: Vec<SocketAddr> = answer
+        .into_iter()
+        .filter(|a| allow_private || blocked_reason(a.ip()).is_none())
+        .collect();
+    if addrs.is_empty() {
+        return Err(ResolveError::Blocked(host));
+    }
+    Ok(addrs)
 }
 
 /// A client could not be built from the settings.
@@ -292,7 +312,7 @@ fn classify(error: &reqwest::Error) -> &'static str {
         if let Some(resolve) = e.downcast_ref::<ResolveError>() {
             return match resolve {
                 ResolveError::Blocked(_) => "blocked_address",
-                ResolveError::Lookup(..) => "dns",
+                ResolveError::Lookup(..) | ResolveError::Empty(_) => "dns",
             };
         }
         if e.downcast_ref::<rustls::Error>().is_some() {
@@ -322,6 +342,40 @@ mod tests {
     use super::*;
     use aioka_core::event::EventType;
     use aioka_core::{DeliveryId, EventId, WebhookId};
+
+    fn answer(addrs: &[&str]) -> Vec<SocketAddr> {
+        addrs
+            .iter()
+            .map(|a| SocketAddr::new(a.parse().unwrap(), 0))
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_dns_answer_is_a_dns_failure_even_when_private_targets_are_allowed() {
+        for allow_private in [false, true] {
+            let refused = screen("example.com".into(), Vec::new(), allow_private);
+            assert!(
+                matches!(refused, Err(ResolveError::Empty(_))),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn blocked_addresses_in_an_answer_are_dropped_and_an_all_blocked_answer_is_refused() {
+        let mixed = answer(&["64:ff9b:1::10.0.0.1", "::ffff:0:127.0.0.1", "93.184.215.14"]);
+        let kept = screen("example.com".into(), mixed.clone(), false).unwrap();
+        assert_eq!(kept, answer(&["93.184.215.14"]));
+        assert_eq!(
+            screen("example.com".into(), mixed.clone(), true).unwrap(),
+            mixed
+        );
+        let blocked = answer(&["64:ff9b::169.254.169.254", "2002:a00:1::"]);
+        assert!(matches!(
+            screen("example.com".into(), blocked, false),
+            Err(ResolveError::Blocked(_))
+        ));
+    }
 
     #[test]
     fn every_attempt_carries_both_signatures_and_its_ids() {
