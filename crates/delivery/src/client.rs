@@ -19,11 +19,6 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::settings::DeliverySettings;
 
-/// Hosts whose TLS session tickets are kept for resumption (a few hundred bytes a ticket).
-const TLS_SESSION_HOSTS: usize = 20_000;
-/// Tickets kept per host, for bursts of many connections to one host.
-const TLS_TICKETS_PER_HOST: usize = 1024;
-
 /// The outcome of one HTTP attempt.
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
@@ -108,7 +103,7 @@ pub struct Sender {
     max_response_bytes: usize,
 }
 
-fn tls_config(extra_roots: &str) -> Result<rustls::ClientConfig, ClientError> {
+fn tls_config(extra_roots: &str, ticket_bytes: usize) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -151,9 +146,9 @@ fn tls_config(extra_roots: &str) -> Result<rustls::ClientConfig, ClientError> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Resume TLS sessions: a reconnection to a host we spoke to (the next event, minutes
     // later, or the next connection of a burst) skips certificate verification on our side
-    // and signing on the receiver's. One entry per host; rustls keeps a few tickets for each.
+    // and signing on the receiver's. Many tickets per host, within a byte budget.
     config.resumption = rustls::client::Resumption::store(std::sync::Arc::new(
-        crate::tls_sessions::DeepTicketStore::new(TLS_SESSION_HOSTS, TLS_TICKETS_PER_HOST),
+        crate::tls_sessions::DeepTicketStore::new(ticket_bytes),
     ));
     Ok(config)
 }
@@ -161,7 +156,10 @@ fn tls_config(extra_roots: &str) -> Result<rustls::ClientConfig, ClientError> {
 impl Sender {
     pub fn new(settings: &DeliverySettings, allow_private: bool) -> Result<Self, ClientError> {
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(&settings.extra_root_certs)?)
+            .tls_backend_preconfigured(tls_config(
+                &settings.extra_root_certs,
+                settings.tls_ticket_bytes,
+            )?)
             .dns_resolver(Arc::new(PolicyResolver { allow_private }))
             .redirect(reqwest::redirect::Policy::none())
             .http1_only()
