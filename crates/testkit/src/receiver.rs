@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::any;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
@@ -150,6 +150,7 @@ struct Inner {
     body_size: usize,
     dribble: bool,
     retry_after: Option<String>,
+    location: Option<String>,
 }
 
 /// An HTTPS server on 127.0.0.1 that records every request and answers as told.
@@ -184,8 +185,11 @@ impl Receiver {
             ..Inner::default()
         }));
         let arrived = Arc::new(Notify::new());
+        // Every method and path is answered and recorded: a client that follows a redirect
+        // (a POST turned into a GET) must show up here, not in a 404 or 405.
         let app = Router::new()
-            .route("/hook", post(receive))
+            .route("/hook", any(receive))
+            .fallback(receive)
             .with_state((inner.clone(), arrived.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -236,6 +240,13 @@ impl Receiver {
     pub fn retry_after(&self, value: &str) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.retry_after = Some(value.to_owned());
+        }
+    }
+
+    /// Adds `Location: <url>` to every answer (with a 3xx status, a redirect).
+    pub fn location(&self, url: &str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.location = Some(url.to_owned());
         }
     }
 
@@ -291,7 +302,7 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
-    let (status, delay, body_size, dribble, retry_after) = {
+    let (status, delay, body_size, dribble, retry_after, location) = {
         let mut inner = inner.lock().expect("receiver state");
         inner.received.push(Received {
             at: Instant::now(),
@@ -306,6 +317,7 @@ async fn receive(
             inner.body_size,
             inner.dribble,
             inner.retry_after.clone(),
+            inner.location.clone(),
         )
     };
     arrived.notify_waiters();
@@ -324,6 +336,13 @@ async fn receive(
     };
     let mut response = axum::response::Response::new(body);
     *response.status_mut() = status;
+    if let Some(value) = location
+        && let Ok(v) = axum::http::HeaderValue::from_str(&value)
+    {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LOCATION, v);
+    }
     if let Some(value) = retry_after
         && let Ok(v) = axum::http::HeaderValue::from_str(&value)
     {

@@ -64,6 +64,49 @@ async fn a_slowly_dribbled_answer_is_judged_on_its_status_and_a_huge_one_is_read
 }
 
 #[tokio::test]
+async fn a_redirect_is_not_followed_to_its_location() {
+    let system = System::start_with(no_retries()).await;
+    // Where every redirect points: it records any request, whatever its method and path.
+    let elsewhere = system.receiver().await;
+    let customer = system.customer().await;
+    let producer = system.producer().await;
+    let mut moved = Vec::new();
+    for status in [301, 302, 303, 307, 308] {
+        let receiver = system.receiver().await;
+        receiver.respond_with(status);
+        receiver.location(&elsewhere.url);
+        let (webhook, _) = system
+            .register(&customer, &receiver.url, &["ghost.signal"])
+            .await;
+        moved.push((status, receiver, webhook));
+    }
+    system
+        .publish(&producer, sample(EventType::GhostSignal))
+        .await;
+    for (status, receiver, webhook) in &moved {
+        let logged = system
+            .wait_for_delivery(&customer, webhook, |d| {
+                d["status"] == "failed" || d["status"] == "succeeded"
+            })
+            .await;
+        assert_eq!(logged["status"], "failed", "{status}: {logged}");
+        let attempt = &logged["attempts"][0];
+        assert_eq!(attempt["status_code"], *status, "{logged}");
+        assert_eq!(attempt["error"], "http_status", "{logged}");
+        assert_eq!(receiver.received().len(), 1, "{status}");
+    }
+    let followed = elsewhere.received();
+    assert!(
+        followed.is_empty(),
+        "a redirect was followed to its Location: {:?}",
+        followed
+            .iter()
+            .map(|r| r.header("x-aioka-delivery").to_owned())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn an_untrusted_or_expired_certificate_is_a_tls_failure() {
     let system = System::start_with(no_retries()).await;
     let stranger_ca = TestCa::new();
