@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -151,6 +152,9 @@ struct Inner {
     dribble: bool,
     retry_after: Option<String>,
     location: Option<String>,
+    /// Bytes of response bodies handed to the connection so far (a chunk at a time, so a
+    /// client that stops reading stops this count within a few socket buffers).
+    body_bytes_sent: Arc<AtomicUsize>,
 }
 
 /// An HTTPS server on 127.0.0.1 that records every request and answers as told.
@@ -250,6 +254,16 @@ impl Receiver {
         }
     }
 
+    /// Bytes of response bodies this receiver managed to hand to its connections so far.
+    /// It runs ahead of what the client read by at most the buffers in between (hyper's,
+    /// rustls's and both sockets').
+    pub fn body_bytes_sent(&self) -> usize {
+        self.inner
+            .lock()
+            .map(|i| i.body_bytes_sent.load(Ordering::Relaxed))
+            .unwrap_or_default()
+    }
+
     /// Waits this long before answering (to exceed the delivery timeout).
     pub fn delay(&self, delay: Duration) {
         if let Ok(mut inner) = self.inner.lock() {
@@ -302,7 +316,7 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
-    let (status, delay, body_size, dribble, retry_after, location) = {
+    let (status, delay, body_size, dribble, retry_after, location, sent) = {
         let mut inner = inner.lock().expect("receiver state");
         inner.received.push(Received {
             at: Instant::now(),
@@ -318,6 +332,7 @@ async fn receive(
             inner.dribble,
             inner.retry_after.clone(),
             inner.location.clone(),
+            inner.body_bytes_sent.clone(),
         )
     };
     arrived.notify_waiters();
@@ -331,8 +346,19 @@ async fn receive(
             Ok::<_, std::io::Error>(Bytes::from_static(b"slow"))
         });
         axum::body::Body::from_stream(chunks)
+    } else if body_size == 0 {
+        axum::body::Body::empty()
     } else {
-        axum::body::Body::from(vec![b'x'; body_size])
+        // 16 KiB at a time, counted as each is handed over: hyper asks for the next chunk only
+        // when its write buffer has room, so a client that stops reading soon stops the count.
+        const CHUNK: usize = 16 * 1024;
+        let chunk = Bytes::from(vec![b'x'; CHUNK]);
+        let chunks = futures_util::stream::iter((0..body_size).step_by(CHUNK)).map(move |at| {
+            let piece = chunk.slice(..CHUNK.min(body_size - at));
+            sent.fetch_add(piece.len(), Ordering::Relaxed);
+            Ok::<_, std::io::Error>(piece)
+        });
+        axum::body::Body::from_stream(chunks)
     };
     let mut response = axum::response::Response::new(body);
     *response.status_mut() = status;
