@@ -291,10 +291,18 @@ async fn private_addresses_are_refused_at_connect_time_unless_allowed() {
         .register(&customer, &receiver.url, &["council.new"])
         .await;
     let (named, _) = system.register(&customer, &by_name, &["council.new"]).await;
+    // 127.0.0.1 written as NAT64 (local-use prefix) and IPv4-translated IPv6 addresses:
+    // refused before any connection is tried, not a connect error.
+    let nat64 = receiver.url.replace("127.0.0.1", "[64:ff9b:1::7f00:1]");
+    let (nat64, _) = system.register(&customer, &nat64, &["council.new"]).await;
+    let translated = receiver.url.replace("127.0.0.1", "[::ffff:0:7f00:1]");
+    let (translated, _) = system
+        .register(&customer, &translated, &["council.new"])
+        .await;
     system
         .publish(&producer, sample(EventType::CouncilNew))
         .await;
-    for webhook in [literal, named] {
+    for webhook in [literal, named, nat64, translated] {
         let logged = system
             .wait_for_delivery(&customer, &webhook, |d| d["status"] == "failed")
             .await;
