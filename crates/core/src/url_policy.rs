@@ -9,6 +9,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnet::Ipv6Net;
 use url::{Host, Url};
 
 /// The longest webhook URL we accept.
@@ -79,6 +80,115 @@ fn blocked_v4(ip: Ipv4Addr) -> Option<BlockReason> {
     Some(reason)
 }
 
+/// Where an IPv6 prefix carries an IPv4 address that some translator, tunnel or host turns
+/// back into IPv4: such an address reaches the IPv4 host, so it is judged as that host.
+#[derive(Debug, Clone, Copy)]
+enum Carries {
+    /// The last 32 bits.
+    Last32,
+    /// Bits 16..48 (6to4, RFC 3056 §2).
+    SixToFour,
+    /// A local-use NAT64 prefix (RFC 8215) whose RFC 6052 layout is the operator's choice:
+    /// every position a translator might read is judged.
+    AnyRfc6052Layout,
+}
+
+/// IPv6 prefixes that embed an IPv4 address (RFC 6890's special-purpose registry and the
+/// transition mechanisms it lists). Teredo (2001::/32) is refused whole below.
+const EMBEDDING_PREFIXES: [(Ipv6Net, Carries); 6] = [
+    // IPv4-mapped ::ffff:a.b.c.d (RFC 4291 §2.5.5.2).
+    (v6net(&[0, 0, 0, 0, 0, 0xffff], 96), Carries::Last32),
+    // IPv4-translated ::ffff:0:a.b.c.d (RFC 2765 §2.1, SIIT).
+    (v6net(&[0, 0, 0, 0, 0xffff], 96), Carries::Last32),
+    // IPv4-compatible ::a.b.c.d (RFC 4291 §2.5.5.1, deprecated).
+    (v6net(&[], 96), Carries::Last32),
+    // The NAT64 well-known prefix, always /96 (RFC 6052 §2.1).
+    (v6net(&[0x64, 0xff9b], 96), Carries::Last32),
+    // The NAT64 local-use prefix (RFC 8215).
+    (v6net(&[0x64, 0xff9b, 1], 48), Carries::AnyRfc6052Layout),
+    (v6net(&[0x2002], 16), Carries::SixToFour),
+];
+
+/// IPv6 ranges refused for themselves, first match wins.
+const BLOCKED_V6: [(Ipv6Net, BlockReason); 8] = [
+    // AWS's IPv6 metadata endpoint fd00:ec2::254 lies inside fc00::/7; name it.
+    (v6net(&[0xfd00, 0x0ec2], 32), BlockReason::CloudMetadata),
+    (v6net(&[0xfc00], 7), BlockReason::Private),
+    (v6net(&[0xfe80], 10), BlockReason::LinkLocal),
+    // Deprecated site-local fec0::/10 behaves like private space where it is still routed.
+    (v6net(&[0xfec0], 10), BlockReason::Private),
+    (v6net(&[0xff00], 8), BlockReason::Multicast),
+    (v6net(&[0x2001, 0x0db8], 32), BlockReason::Documentation),
+    // 2001::/23 holds IETF protocol assignments (Teredo 2001::/32, benchmarking 2001:2::/48…).
+    (v6net(&[0x2001], 23), BlockReason::Reserved),
+    // 100::/64 discard-only (RFC 6666).
+    (v6net(&[0x0100], 64), BlockReason::Reserved),
+];
+
+/// The prefix whose first segments are `head` (the rest zero), as a compile-time constant.
+const fn v6net(head: &[u16], len: u8) -> Ipv6Net {
+    let mut s = [0u16; 8];
+    let mut i = 0;
+    while i < head.len() {
+        s[i] = head[i];
+        i += 1;
+    }
+    Ipv6Net::new_assert(
+        Ipv6Addr::new(s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]),
+        len,
+    )
+}
+
+/// The IPv4 address inside `ip` if it was made from a NAT64 prefix of `prefix_len` bits, as
+/// RFC 6052 §2.2 lays it out: right after the prefix, skipping bits 64..72 (the "u" octet).
+fn rfc6052_ipv4(ip: Ipv6Addr, prefix_len: u32) -> Ipv4Addr {
+    let bits = u128::from(ip);
+    if prefix_len == 96 {
+        return Ipv4Addr::from(bits as u32);
+    }
+    let without_u = ((bits >> 64) << 56) | (bits & ((1 << 56) - 1));
+    Ipv4Addr::from((without_u >> (88 - prefix_len)) as u32)
+}
+
+/// Whether `ip` has the zero "u" octet and zero suffix of an RFC 6052 address made from a
+/// prefix of `prefix_len` bits (every /96 address qualifies).
+fn rfc6052_well_formed(ip: Ipv6Addr, prefix_len: u32) -> bool {
+    let bits = u128::from(ip);
+    if prefix_len == 96 {
+        return true;
+    }
+    let u_octet = (bits >> 56) & 0xff;
+    let without_u = ((bits >> 64) << 56) | (bits & ((1 << 56) - 1));
+    u_octet == 0 && without_u & ((1 << (88 - prefix_len)) - 1) == 0
+}
+
+/// The IPv4 addresses `ip` may stand for, judged in turn; `None` if it embeds none.
+fn blocked_embedded(ip: Ipv6Addr) -> Option<Option<BlockReason>> {
+    let bits = u128::from(ip);
+    let &(net, carries) = EMBEDDING_PREFIXES
+        .iter()
+        .find(|(net, _)| net.contains(&ip))?;
+    let verdict = match carries {
+        Carries::Last32 => blocked_v4(Ipv4Addr::from(bits as u32)),
+        Carries::SixToFour => blocked_v4(Ipv4Addr::from((bits >> 80) as u32)),
+        Carries::AnyRfc6052Layout => {
+            let layouts = [48, 56, 64, 96].map(|len| (len, blocked_v4(rfc6052_ipv4(ip, len))));
+            // Refuse if any layout reads a blocked address; name the reason of the layout
+            // the address looks written for, if one does.
+            layouts
+                .iter()
+                .find(|&&(len, _)| rfc6052_well_formed(ip, len))
+                .and_then(|&(_, reason)| reason)
+                .or_else(|| layouts.iter().find_map(|&(_, reason)| reason))
+        }
+    };
+    // Nothing public uses IPv4-compatible addresses (deprecated): refuse them whatever they carry.
+    if net.addr().is_unspecified() {
+        return Some(verdict.or(Some(BlockReason::Reserved)));
+    }
+    Some(verdict)
+}
+
 fn blocked_v6(ip: Ipv6Addr) -> Option<BlockReason> {
     if ip.is_unspecified() {
         return Some(BlockReason::Unspecified);
@@ -87,42 +197,25 @@ fn blocked_v6(ip: Ipv6Addr) -> Option<BlockReason> {
         return Some(BlockReason::Loopback);
     }
     // An IPv4 address written as IPv6 reaches the IPv4 host: judge the embedded address.
-    // ::ffff:a.b.c.d (mapped), ::a.b.c.d (compatible, deprecated), 64:ff9b::a.b.c.d (NAT64).
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return blocked_v4(v4);
+    match blocked_embedded(ip) {
+        // Once the IPv4 address passes, the address is as good as that host.
+        Some(Some(reason)) => return Some(reason),
+        Some(None) => return None,
+        None => {}
     }
+    // An ISATAP interface id (RFC 5214 §6.1: 0:5efe or 200:5efe, the group bit aside) names
+    // an IPv4 host behind the prefix's ISATAP router.
     let s = ip.segments();
-    let embedded =
-        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
-    if s[..6] == [0; 6] {
-        // IPv4-compatible addresses are deprecated (RFC 4291 §2.5.5.1): nothing public uses them.
-        return blocked_v4(embedded(s[6], s[7])).or(Some(BlockReason::Reserved));
-    }
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        return blocked_v4(embedded(s[6], s[7]));
-    }
-    // 6to4 (2002::/16) carries an IPv4 address in bits 16..48.
-    if s[0] == 0x2002
-        && let Some(reason) = blocked_v4(embedded(s[1], s[2]))
+    if s[4] & 0xfcff == 0
+        && s[5] == 0x5efe
+        && let Some(reason) = blocked_v4(Ipv4Addr::from(u128::from(ip) as u32))
     {
         return Some(reason);
     }
-    let reason = match s[0] {
-        // AWS's IPv6 metadata endpoint fd00:ec2::254 lies inside fc00::/7; name it.
-        0xfd00 if s[1] == 0x0ec2 => BlockReason::CloudMetadata,
-        x if x & 0xfe00 == 0xfc00 => BlockReason::Private,
-        x if x & 0xffc0 == 0xfe80 => BlockReason::LinkLocal,
-        // Deprecated site-local fec0::/10 behaves like private space where it is still routed.
-        x if x & 0xffc0 == 0xfec0 => BlockReason::Private,
-        x if x & 0xff00 == 0xff00 => BlockReason::Multicast,
-        0x2001 if s[1] == 0x0db8 => BlockReason::Documentation,
-        // 2001::/23 holds IETF protocol assignments (Teredo 2001::/32, benchmarking 2001:2::/48…).
-        0x2001 if s[1] < 0x0200 => BlockReason::Reserved,
-        // 100::/64 discard-only.
-        0x0100 if s[1..4] == [0, 0, 0] => BlockReason::Reserved,
-        _ => return None,
-    };
-    Some(reason)
+    BLOCKED_V6
+        .iter()
+        .find(|(net, _)| net.contains(&ip))
+        .map(|&(_, reason)| reason)
 }
 
 /// Host names that always mean "this machine" or "the metadata service", whatever DNS says.
@@ -156,6 +249,8 @@ pub enum UrlError {
     HasFragment,
     #[error("url points at {}, which webhooks may not target", .0.describe())]
     Blocked(BlockReason),
+    #[error("url's host does not resolve to any address")]
+    Unresolvable,
 }
 
 impl UrlError {
@@ -166,6 +261,7 @@ impl UrlError {
             UrlError::NotHttps => "https_required",
             UrlError::HasCredentials => "invalid_url",
             UrlError::Blocked(_) => "private_target",
+            UrlError::Unresolvable => "unresolvable_host",
         }
     }
 }
@@ -244,8 +340,12 @@ impl WebhookUrl {
 }
 
 /// Judges every address a name resolved to: one blocked address blocks the URL, since the
-/// client might pick it. An empty answer is refused too.
+/// client might pick it. An empty answer is refused too: there is nothing to judge, and
+/// nothing to deliver to.
 pub fn check_resolved(addrs: &[IpAddr]) -> Result<(), UrlError> {
+    if addrs.is_empty() {
+        return Err(UrlError::Unresolvable);
+    }
     for ip in addrs {
         if let Some(reason) = blocked_reason(*ip) {
             return Err(UrlError::Blocked(reason));
@@ -257,6 +357,7 @@ pub fn check_resolved(addrs: &[IpAddr]) -> Result<(), UrlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn ip(text: &str) -> IpAddr {
         text.parse().unwrap()
@@ -342,6 +443,127 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_translated_addresses_are_judged_by_their_ipv4_address() {
+        // ::ffff:0:a.b.c.d (RFC 2765 §2.1) is a different prefix from mapped ::ffff:a.b.c.d.
+        assert_eq!(
+            blocked_reason(ip("::ffff:0:127.0.0.1")),
+            Some(BlockReason::Loopback)
+        );
+        assert_eq!(
+            blocked_reason(ip("::ffff:0:169.254.169.254")),
+            Some(BlockReason::CloudMetadata)
+        );
+        assert_eq!(blocked_reason(ip("::ffff:0:8.8.8.8")), None);
+    }
+
+    #[test]
+    fn the_local_use_nat64_prefix_is_judged_by_every_ipv4_address_it_may_carry() {
+        // 64:ff9b:1::/48 (RFC 8215) may be cut into any RFC 6052 layout: /96 puts the IPv4
+        // address last, /48 puts it in bits 48..64 and 72..88 around the zero "u" octet.
+        let cases = [
+            ("64:ff9b:1::10.0.0.1", BlockReason::Private),
+            (
+                "64:ff9b:1:ffff::169.254.169.254",
+                BlockReason::CloudMetadata,
+            ),
+            ("64:ff9b:1:a00:0:100::", BlockReason::Private),
+            ("64:ff9b:1:7f:0:1::", BlockReason::Loopback),
+        ];
+        for (a, reason) in cases {
+            assert_eq!(blocked_reason(ip(a)), Some(reason), "{a}");
+        }
+        // 8.8.8.8 wherever a translator might look.
+        assert_eq!(blocked_reason(ip("64:ff9b:1:808:8:808:808:808")), None);
+    }
+
+    #[test]
+    fn an_isatap_interface_id_is_judged_by_its_ipv4_address() {
+        // RFC 5214 §6.1: the interface id 0:5efe:a.b.c.d (or 200:5efe:…) names an IPv4 host
+        // behind the prefix's ISATAP router.
+        assert_eq!(
+            blocked_reason(ip("2001:4860:0:1::5efe:10.0.0.1")),
+            Some(BlockReason::Private)
+        );
+        assert_eq!(
+            blocked_reason(ip("2001:4860:0:1:200:5efe:127.0.0.1")),
+            Some(BlockReason::Loopback)
+        );
+        assert_eq!(blocked_reason(ip("2001:4860:0:1:200:5efe:8.8.8.8")), None);
+    }
+
+    /// Every way of writing `v4` inside an IPv6 address that some translator, tunnel or
+    /// stack turns back into `v4`.
+    fn ipv6_forms_of(v4: Ipv4Addr) -> Vec<(&'static str, Ipv6Addr)> {
+        let v = u128::from(u32::from(v4));
+        let at = |prefix: u128, bits: u32| Ipv6Addr::from(prefix | (v << bits));
+        // RFC 6052 §2.2: below /96 the address skips the "u" octet, bits 64..72.
+        let around_u = |prefix: u128, len: u32| {
+            let squeezed = v << (88 - len);
+            let high = squeezed >> 56 << 64;
+            let low = squeezed & ((1 << 56) - 1);
+            Ipv6Addr::from(prefix | high | low)
+        };
+        let local = 0x0064_ff9b_0001_u128 << 80;
+        vec![
+            ("mapped", v4.to_ipv6_mapped()),
+            ("translated", at(0xffff_0000_u128 << 32, 0)),
+            ("compatible", at(0, 0)),
+            ("nat64 well-known", at(0x0064_ff9b_u128 << 96, 0)),
+            ("nat64 local /96", at(local, 0)),
+            ("nat64 local /48", around_u(local, 48)),
+            ("nat64 local /56", around_u(local, 56)),
+            ("nat64 local /64", around_u(local, 64)),
+            ("6to4", at(0x2002_u128 << 112, 80)),
+            (
+                "isatap",
+                at((0x2001_4860_u128 << 96) | (0x5efe_u128 << 32), 0),
+            ),
+        ]
+    }
+
+    fn interesting_ipv4() -> impl Strategy<Value = Ipv4Addr> {
+        // Mostly addresses inside blocked ranges, since random ones are mostly public.
+        let blocked = prop::sample::select(vec![
+            ([0, 0, 0, 0], 8),
+            ([10, 0, 0, 0], 8),
+            ([100, 64, 0, 0], 10),
+            ([127, 0, 0, 0], 8),
+            ([169, 254, 0, 0], 16),
+            ([172, 16, 0, 0], 12),
+            ([192, 168, 0, 0], 16),
+            ([224, 0, 0, 0], 3),
+        ]);
+        prop_oneof![
+            any::<u32>().prop_map(Ipv4Addr::from),
+            (blocked, any::<u32>()).prop_map(|((net, len), host)| {
+                Ipv4Addr::from(u32::from(Ipv4Addr::from(net)) | (host >> len))
+            }),
+            Just(Ipv4Addr::new(169, 254, 169, 254)),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn an_ipv4_address_written_as_ipv6_is_blocked_whenever_the_ipv4_address_is(
+            v4 in interesting_ipv4()
+        ) {
+            let expected = blocked_reason(IpAddr::V4(v4));
+            for (form, v6) in ipv6_forms_of(v4) {
+                let got = blocked_reason(IpAddr::V6(v6));
+                if expected.is_some() {
+                    prop_assert!(got.is_some(), "{form} {v6} of {v4} passed");
+                }
+                // Where the layout is unambiguous the verdict is the IPv4 address's own.
+                if matches!(form, "mapped" | "translated" | "nat64 well-known" | "6to4" | "isatap") {
+                    prop_assert_eq!(got, expected, "{} {} of {}", form, v6, v4);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn a_url_must_be_https() {
         assert_eq!(
             WebhookUrl::parse("http://example.com/hook", false),
@@ -415,6 +637,15 @@ mod tests {
         assert_eq!(
             check_resolved(&[ip("93.184.215.14"), ip("10.0.0.1")]),
             Err(UrlError::Blocked(BlockReason::Private))
+        );
+    }
+
+    #[test]
+    fn an_empty_dns_answer_is_refused() {
+        let refused = check_resolved(&[]);
+        assert!(
+            matches!(&refused, Err(e) if e.code() == "unresolvable_host"),
+            "{refused:?}"
         );
     }
 

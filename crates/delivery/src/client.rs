@@ -19,11 +19,6 @@ use rustls_pki_types::pem::PemObject;
 
 use crate::settings::DeliverySettings;
 
-/// Hosts whose TLS session tickets are kept for resumption (a few hundred bytes a ticket).
-const TLS_SESSION_HOSTS: usize = 20_000;
-/// Tickets kept per host, for bursts of many connections to one host.
-const TLS_TICKETS_PER_HOST: usize = 1024;
-
 /// The outcome of one HTTP attempt.
 #[derive(Debug, Clone)]
 pub struct AttemptResult {
@@ -44,6 +39,8 @@ enum ResolveError {
     Blocked(String),
     #[error("{0} does not resolve: {1}")]
     Lookup(String, std::io::Error),
+    #[error("{0} resolves to no address")]
+    Empty(String),
 }
 
 /// Resolves with the system resolver and drops addresses the URL policy blocks.
@@ -57,17 +54,35 @@ impl Resolve for PolicyResolver {
         let allow_private = self.allow_private;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            let answer: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await
                 .map_err(|e| ResolveError::Lookup(host.clone(), e))?
-                .filter(|a| allow_private || blocked_reason(a.ip()).is_none())
                 .collect();
-            if addrs.is_empty() {
-                return Err(Box::new(ResolveError::Blocked(host)) as _);
-            }
+            let addrs = screen(host, answer, allow_private)?;
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
     }
+}
+
+/// The addresses of a DNS answer we may connect to. Blocked ones are dropped (the client
+/// tries the rest); an empty answer, or one left with none, is refused.
+fn screen(
+    host: String,
+    answer: Vec<SocketAddr>,
+    allow_private: bool,
+) -> Result<Vec<SocketAddr>, ResolveError> {
+    // An empty answer is a DNS failure, not a policy one, whatever the policy.
+    if answer.is_empty() {
+        return Err(ResolveError::Empty(host));
+    }
+    let addrs: Vec<SocketAddr> = answer
+        .into_iter()
+        .filter(|a| allow_private || blocked_reason(a.ip()).is_none())
+        .collect();
+    if addrs.is_empty() {
+        return Err(ResolveError::Blocked(host));
+    }
+    Ok(addrs)
 }
 
 /// A client could not be built from the settings.
@@ -88,7 +103,7 @@ pub struct Sender {
     max_response_bytes: usize,
 }
 
-fn tls_config(extra_roots: &str) -> Result<rustls::ClientConfig, ClientError> {
+fn tls_config(extra_roots: &str, ticket_bytes: usize) -> Result<rustls::ClientConfig, ClientError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for cert in native.certs {
@@ -131,9 +146,9 @@ fn tls_config(extra_roots: &str) -> Result<rustls::ClientConfig, ClientError> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     // Resume TLS sessions: a reconnection to a host we spoke to (the next event, minutes
     // later, or the next connection of a burst) skips certificate verification on our side
-    // and signing on the receiver's. One entry per host; rustls keeps a few tickets for each.
+    // and signing on the receiver's. Many tickets per host, within a byte budget.
     config.resumption = rustls::client::Resumption::store(std::sync::Arc::new(
-        crate::tls_sessions::DeepTicketStore::new(TLS_SESSION_HOSTS, TLS_TICKETS_PER_HOST),
+        crate::tls_sessions::DeepTicketStore::new(ticket_bytes),
     ));
     Ok(config)
 }
@@ -141,7 +156,10 @@ fn tls_config(extra_roots: &str) -> Result<rustls::ClientConfig, ClientError> {
 impl Sender {
     pub fn new(settings: &DeliverySettings, allow_private: bool) -> Result<Self, ClientError> {
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls_config(&settings.extra_root_certs)?)
+            .tls_backend_preconfigured(tls_config(
+                &settings.extra_root_certs,
+                settings.tls_ticket_bytes,
+            )?)
             .dns_resolver(Arc::new(PolicyResolver { allow_private }))
             .redirect(reqwest::redirect::Policy::none())
             .http1_only()
@@ -292,7 +310,7 @@ fn classify(error: &reqwest::Error) -> &'static str {
         if let Some(resolve) = e.downcast_ref::<ResolveError>() {
             return match resolve {
                 ResolveError::Blocked(_) => "blocked_address",
-                ResolveError::Lookup(..) => "dns",
+                ResolveError::Lookup(..) | ResolveError::Empty(_) => "dns",
             };
         }
         if e.downcast_ref::<rustls::Error>().is_some() {
@@ -322,6 +340,40 @@ mod tests {
     use super::*;
     use aioka_core::event::EventType;
     use aioka_core::{DeliveryId, EventId, WebhookId};
+
+    fn answer(addrs: &[&str]) -> Vec<SocketAddr> {
+        addrs
+            .iter()
+            .map(|a| SocketAddr::new(a.parse().unwrap(), 0))
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_dns_answer_is_a_dns_failure_even_when_private_targets_are_allowed() {
+        for allow_private in [false, true] {
+            let refused = screen("example.com".into(), Vec::new(), allow_private);
+            assert!(
+                matches!(refused, Err(ResolveError::Empty(_))),
+                "{refused:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn blocked_addresses_in_an_answer_are_dropped_and_an_all_blocked_answer_is_refused() {
+        let mixed = answer(&["64:ff9b:1::10.0.0.1", "::ffff:0:127.0.0.1", "93.184.215.14"]);
+        let kept = screen("example.com".into(), mixed.clone(), false).unwrap();
+        assert_eq!(kept, answer(&["93.184.215.14"]));
+        assert_eq!(
+            screen("example.com".into(), mixed.clone(), true).unwrap(),
+            mixed
+        );
+        let blocked = answer(&["64:ff9b::169.254.169.254", "2002:a00:1::"]);
+        assert!(matches!(
+            screen("example.com".into(), blocked, false),
+            Err(ResolveError::Blocked(_))
+        ));
+    }
 
     #[test]
     fn every_attempt_carries_both_signatures_and_its_ids() {

@@ -37,6 +37,7 @@ pub struct DeliverySettings {
     pub response_snippet_bytes: usize,
     pub max_response_bytes: usize,
     pub extra_root_certs: String,
+    pub tls_ticket_bytes: usize,
     pub record_batch_size: usize,
     pub record_writers: usize,
     #[serde(deserialize_with = "duration")]

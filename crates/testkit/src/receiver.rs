@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::any;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::StreamExt;
@@ -150,6 +151,10 @@ struct Inner {
     body_size: usize,
     dribble: bool,
     retry_after: Option<String>,
+    location: Option<String>,
+    /// Bytes of response bodies handed to the connection so far (a chunk at a time, so a
+    /// client that stops reading stops this count within a few socket buffers).
+    body_bytes_sent: Arc<AtomicUsize>,
 }
 
 /// An HTTPS server on 127.0.0.1 that records every request and answers as told.
@@ -184,8 +189,11 @@ impl Receiver {
             ..Inner::default()
         }));
         let arrived = Arc::new(Notify::new());
+        // Every method and path is answered and recorded: a client that follows a redirect
+        // (a POST turned into a GET) must show up here, not in a 404 or 405.
         let app = Router::new()
-            .route("/hook", post(receive))
+            .route("/hook", any(receive))
+            .fallback(receive)
             .with_state((inner.clone(), arrived.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -237,6 +245,23 @@ impl Receiver {
         if let Ok(mut inner) = self.inner.lock() {
             inner.retry_after = Some(value.to_owned());
         }
+    }
+
+    /// Adds `Location: <url>` to every answer (with a 3xx status, a redirect).
+    pub fn location(&self, url: &str) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.location = Some(url.to_owned());
+        }
+    }
+
+    /// Bytes of response bodies this receiver managed to hand to its connections so far.
+    /// It runs ahead of what the client read by at most the buffers in between (hyper's,
+    /// rustls's and both sockets').
+    pub fn body_bytes_sent(&self) -> usize {
+        self.inner
+            .lock()
+            .map(|i| i.body_bytes_sent.load(Ordering::Relaxed))
+            .unwrap_or_default()
     }
 
     /// Waits this long before answering (to exceed the delivery timeout).
@@ -291,7 +316,7 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> axum::response::Response {
-    let (status, delay, body_size, dribble, retry_after) = {
+    let (status, delay, body_size, dribble, retry_after, location, sent) = {
         let mut inner = inner.lock().expect("receiver state");
         inner.received.push(Received {
             at: Instant::now(),
@@ -306,6 +331,8 @@ async fn receive(
             inner.body_size,
             inner.dribble,
             inner.retry_after.clone(),
+            inner.location.clone(),
+            inner.body_bytes_sent.clone(),
         )
     };
     arrived.notify_waiters();
@@ -319,11 +346,29 @@ async fn receive(
             Ok::<_, std::io::Error>(Bytes::from_static(b"slow"))
         });
         axum::body::Body::from_stream(chunks)
+    } else if body_size == 0 {
+        axum::body::Body::empty()
     } else {
-        axum::body::Body::from(vec![b'x'; body_size])
+        // 16 KiB at a time, counted as each is handed over: hyper asks for the next chunk only
+        // when its write buffer has room, so a client that stops reading soon stops the count.
+        const CHUNK: usize = 16 * 1024;
+        let chunk = Bytes::from(vec![b'x'; CHUNK]);
+        let chunks = futures_util::stream::iter((0..body_size).step_by(CHUNK)).map(move |at| {
+            let piece = chunk.slice(..CHUNK.min(body_size - at));
+            sent.fetch_add(piece.len(), Ordering::Relaxed);
+            Ok::<_, std::io::Error>(piece)
+        });
+        axum::body::Body::from_stream(chunks)
     };
     let mut response = axum::response::Response::new(body);
     *response.status_mut() = status;
+    if let Some(value) = location
+        && let Ok(v) = axum::http::HeaderValue::from_str(&value)
+    {
+        response
+            .headers_mut()
+            .insert(axum::http::header::LOCATION, v);
+    }
     if let Some(value) = retry_after
         && let Ok(v) = axum::http::HeaderValue::from_str(&value)
     {

@@ -54,13 +54,70 @@ async fn a_slowly_dribbled_answer_is_judged_on_its_status_and_a_huge_one_is_read
     let logged = one_attempt(&system, &slow.url).await;
     assert_eq!(logged["status"], "succeeded", "{logged}");
 
+    // 256 MiB, far more than the client reads (64 KiB, `max_response_bytes`) and than it could
+    // read before its 1 s timeout if it did not stop.
     let flood = system.receiver().await;
-    flood.body(10 * 1024 * 1024, false);
+    flood.body(256 * 1024 * 1024, false);
     flood.respond_with(500);
     let logged = one_attempt(&system, &flood.url).await;
     assert_eq!(logged["attempts"][0]["status_code"], 500);
     let snippet = logged["attempts"][0]["response"].as_str().unwrap();
     assert_eq!(snippet.len(), 1024, "the log keeps the first 1 KiB only");
+    // Measured on the receiver's side: it could hand over the cap plus what the buffers
+    // between us hold (hyper's, rustls's, both sockets'), then the client hung up.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = flood.body_bytes_sent();
+    assert!(
+        sent <= FLOOD_BOUND,
+        "the receiver wrote {sent} bytes of its answer: the client read past its cap"
+    );
+}
+
+/// What a receiver may manage to write when the client reads 64 KiB and hangs up: the cap
+/// and the buffers on the way (loopback sockets grow to a few MiB).
+const FLOOD_BOUND: usize = 16 * 1024 * 1024;
+
+#[tokio::test]
+async fn a_redirect_is_not_followed_to_its_location() {
+    let system = System::start_with(no_retries()).await;
+    // Where every redirect points: it records any request, whatever its method and path.
+    let elsewhere = system.receiver().await;
+    let customer = system.customer().await;
+    let producer = system.producer().await;
+    let mut moved = Vec::new();
+    for status in [301, 302, 303, 307, 308] {
+        let receiver = system.receiver().await;
+        receiver.respond_with(status);
+        receiver.location(&elsewhere.url);
+        let (webhook, _) = system
+            .register(&customer, &receiver.url, &["ghost.signal"])
+            .await;
+        moved.push((status, receiver, webhook));
+    }
+    system
+        .publish(&producer, sample(EventType::GhostSignal))
+        .await;
+    for (status, receiver, webhook) in &moved {
+        let logged = system
+            .wait_for_delivery(&customer, webhook, |d| {
+                d["status"] == "failed" || d["status"] == "succeeded"
+            })
+            .await;
+        assert_eq!(logged["status"], "failed", "{status}: {logged}");
+        let attempt = &logged["attempts"][0];
+        assert_eq!(attempt["status_code"], *status, "{logged}");
+        assert_eq!(attempt["error"], "http_status", "{logged}");
+        assert_eq!(receiver.received().len(), 1, "{status}");
+    }
+    let followed = elsewhere.received();
+    assert!(
+        followed.is_empty(),
+        "a redirect was followed to its Location: {:?}",
+        followed
+            .iter()
+            .map(|r| r.header("x-aioka-delivery").to_owned())
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]

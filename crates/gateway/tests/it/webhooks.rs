@@ -417,6 +417,10 @@ async fn private_targets_are_refused_unless_allowed() {
         "https://10.1.2.3/hook".to_owned(),
         "https://[::1]:8443/hook".to_owned(),
         "https://[::ffff:192.168.1.1]/hook".to_owned(),
+        // IPv4-translated, NAT64 local-use and ISATAP forms of private IPv4 addresses.
+        "https://[::ffff:0:127.0.0.1]/hook".to_owned(),
+        "https://[64:ff9b:1::10.0.0.1]/hook".to_owned(),
+        "https://[2001:4860:0:1::5efe:192.168.0.1]/hook".to_owned(),
         "https://169.254.169.254/latest/meta-data/".to_owned(),
         "https://100.64.0.9/hook".to_owned(),
         "https://localhost/hook".to_owned(),
