@@ -1,0 +1,4 @@
+//! The store's queries against the machine's PostgreSQL, one fresh database per test.
+#![allow(clippy::unwrap_used)]
+
+mod fanout;
