@@ -90,10 +90,12 @@ impl ApiError {
 
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
-        let status = if e.code == "malformed_json" {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::UNPROCESSABLE_ENTITY
+        let status = match e.code {
+            "malformed_json" => StatusCode::BAD_REQUEST,
+            // An event over aioka_core::event::MAX_EVENT_BYTES once normalised: the same answer
+            // as a body over the request limit.
+            "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let field = (!e.field.is_empty()).then_some(e.field);
         Self {
