@@ -76,6 +76,19 @@ impl ApiError {
     }
 
     /// A dependency (database, broker) is unavailable: the client may retry.
+    /// 503 `test_event_partly_sent`: a batch reached the broker in part. `message` says which
+    /// part (the customer's own webhook ids, nothing internal); `cause` is for the log.
+    pub fn partly_sent(message: String, cause: impl std::fmt::Display) -> Self {
+        Self {
+            internal: Some(cause.to_string()),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "test_event_partly_sent",
+                message,
+            )
+        }
+    }
+
     pub fn unavailable(cause: impl std::fmt::Display) -> Self {
         Self {
             internal: Some(cause.to_string()),

@@ -315,6 +315,28 @@ impl Store {
 }
 
 impl Store {
+    /// Removes the still-pending deliveries of `event` to `webhooks`: test-event tasks that
+    /// were not confirmed. The event and its other deliveries stay. A task the broker held
+    /// after all gets its row back from the recorder with its first attempt.
+    #[tracing::instrument(skip_all, fields(event_id = %event, webhooks = webhooks.len()))]
+    pub async fn discard_pending_deliveries(
+        &self,
+        event: EventId,
+        webhooks: &[WebhookId],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<uuid::Uuid> = webhooks.iter().map(|w| w.as_uuid()).collect();
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM deliveries
+                 WHERE event_id = $1 AND webhook_id = ANY($2::uuid[])
+                   AND status = 'pending' AND attempts = 0",
+                &[&event.as_uuid(), &ids],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Removes an event that never reached the broker, with its pending deliveries.
     #[tracing::instrument(skip_all, fields(event_id = %event))]
     pub async fn discard_event(&self, event: EventId) -> Result<(), StoreError> {
