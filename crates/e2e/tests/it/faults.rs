@@ -407,3 +407,170 @@ async fn a_fan_out_cut_off_after_k_chunks_is_resumed_by_another_without_republis
     second.shutdown.cancel();
     second.task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_fan_out_whose_claim_was_taken_over_stops_and_leaves_the_event_to_the_new_holder() {
+    // n = 5 chunks of 7. The first fanout stalls in its third progress write, past its
+    // lease, without holding the event's row; a second fanout takes the claim over and
+    // finishes. When the first wakes it must write nothing and publish no more.
+    const CHUNK: usize = 7;
+    const K: usize = 2;
+    let system = System::start_with(crate::Options {
+        fanout: false,
+        env: vec![
+            ("AIOKA__FANOUT__CLAIM_LEASE", "1s".into()),
+            // Each fanout takes one message: the event's second copy waits for the second.
+            ("AIOKA__FANOUT__PREFETCH", "1".into()),
+        ],
+        ..crate::Options::default()
+    })
+    .await;
+    let receiver = system.receiver().await;
+    let producer = system.producer().await;
+    let mut webhooks: Vec<aioka_core::WebhookId> = Vec::new();
+    for _ in 0..CHUNK {
+        let customer = system.customer().await;
+        for _ in 0..5 {
+            let (id, _) = system
+                .register(&customer, &receiver.url, &["regime.change"])
+                .await;
+            webhooks.push(id.parse().unwrap());
+        }
+    }
+    webhooks.sort_by_key(|w| w.as_uuid());
+
+    // The fault: the first progress write after k chunks waits, before it touches any row,
+    // on a lock the test holds (a statement trigger of this test's own database), as a
+    // worker paused or partitioned away past its lease would. Later writers pass: the
+    // first still holds lock 7008.
+    let (db, connection) = tokio_postgres::connect(&system.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db.batch_execute(&format!(
+        "CREATE FUNCTION e2e_stall() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF current_query() LIKE '%fanout_tasks = fanout_tasks +%'
+              AND (SELECT max(fanout_tasks) FROM events) >= {}
+              AND pg_try_advisory_xact_lock(7008) THEN
+             PERFORM pg_advisory_xact_lock(7007);
+           END IF;
+           RETURN NULL;
+         END $$;
+         CREATE TRIGGER e2e_stall BEFORE UPDATE ON events FOR EACH STATEMENT
+           EXECUTE FUNCTION e2e_stall();
+         SELECT pg_advisory_lock(7007);",
+        K * CHUNK
+    ))
+    .await
+    .unwrap();
+
+    let first = system.spawn_fanout().await;
+    let mut body = sample(EventType::RegimeChange);
+    body["id"] = json!("regime-taken-over");
+    let event: aioka_core::EventId = system
+        .publish(&producer, body.clone())
+        .await
+        .parse()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while stalled_backend(&db).await.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first fanout never reached its chunk {}",
+            K + 1
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let store = &system.db.store;
+    assert_eq!(
+        store.fanout_progress(event).await.unwrap(),
+        Some(((K * CHUNK) as i64, false))
+    );
+
+    // The producer sends the event again; a second fanout takes that copy, waits out the
+    // first one's lease, and finishes the event.
+    assert_eq!(system.publish(&producer, body).await, event.to_string());
+    let second = system.spawn_fanout().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while store.fanout_progress(event).await.unwrap() != Some((webhooks.len() as i64, true)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second fanout never finished: {:?}",
+            store.fanout_progress(event).await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The first wakes: its stale write must be refused and it must publish nothing more.
+    db.batch_execute("SELECT pg_advisory_unlock(7007);")
+        .await
+        .unwrap();
+    let expected: Vec<String> = webhooks
+        .iter()
+        .map(|w| aioka_core::DeliveryId::for_pair(event, *w).to_string())
+        .collect();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let seen: BTreeSet<String> = receiver
+            .received()
+            .iter()
+            .map(|r| r.header("x-aioka-delivery").to_owned())
+            .collect();
+        if expected.iter().all(|d| seen.contains(d)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "deliveries missing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for a stale writer to do its worst: write, publish the last chunk again, finish.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        store.fanout_progress(event).await.unwrap(),
+        Some((webhooks.len() as i64, true)),
+        "the stale writer counted its chunk again"
+    );
+    let mut seen = std::collections::BTreeMap::<String, usize>::new();
+    for r in receiver.received() {
+        *seen
+            .entry(r.header("x-aioka-delivery").to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(seen.len(), expected.len(), "{seen:?}");
+    let last = &expected[(K + 2) * CHUNK..];
+    let twice: Vec<_> = last.iter().filter(|d| seen[*d] != 1).collect();
+    assert!(
+        twice.is_empty(),
+        "the stale fanout published the last chunk after losing its claim: {twice:?}"
+    );
+
+    // Both stop; the first one's copy was acknowledged as a duplicate once the event was
+    // done, not handed back.
+    for fanout in [first, second] {
+        fanout.shutdown.cancel();
+        tokio::time::timeout(PATIENCE, fanout.task)
+            .await
+            .expect("the fanout stops")
+            .unwrap()
+            .unwrap();
+    }
+    let connection = system.broker.connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let queue = system.broker.topology().fanout_queue();
+    let q = channel
+        .queue_declare(
+            queue.as_str().into(),
+            aioka_queue::lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        q.message_count(),
+        0,
+        "an event message was left unacknowledged"
+    );
+}
