@@ -282,15 +282,37 @@ pub fn parse_ingest(body: &Value) -> Result<ValidEvent, FieldError> {
             .map_err(|e: SourceIdError| FieldError::invalid("id", format!("id {e}")))?,
         Some(_) => return Err(FieldError::invalid("id", "id must be a string")),
     };
+    let envelope = Envelope {
+        event,
+        timestamp,
+        data: data.clone(),
+    };
+    // The envelope fanout will receive, not the request: an added timestamp or a rewritten
+    // number can make it longer, and fanout would park what was accepted.
+    check_size(envelope.to_body().len(), "the event's envelope")?;
     Ok(ValidEvent {
         id,
-        envelope: Envelope {
-            event,
-            timestamp,
-            data: data.clone(),
-        },
+        envelope,
         occurred_at,
     })
+}
+
+/// The largest event, in bytes of its envelope as delivered, that any path accepts: HTTP
+/// ingestion and direct publishes to `aioka.events` alike (64 KiB, the gateway's default body
+/// limit). Every delivery task carries its own copy of the envelope, so this bounds what one
+/// event times its subscribers puts into the delivery queue.
+pub const MAX_EVENT_BYTES: usize = 64 * 1024;
+
+/// Refuses an event whose envelope (or raw input) is over [`MAX_EVENT_BYTES`].
+fn check_size(bytes: usize, what: &str) -> Result<(), FieldError> {
+    if bytes > MAX_EVENT_BYTES {
+        return Err(FieldError::new(
+            "payload_too_large",
+            "body",
+            format!("{what} is {bytes} bytes; an event may be at most {MAX_EVENT_BYTES} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// What a producer published straight to the `aioka.events` exchange, as received.
@@ -305,6 +327,7 @@ pub struct DirectPublish<'a> {
 /// whole envelope (`event`, `timestamp` and `data`, nothing else), the routing key is the event
 /// type, and `message_id`, if present, is the event's id or idempotency key.
 pub fn parse_direct(publish: DirectPublish<'_>) -> Result<ValidEvent, FieldError> {
+    check_size(publish.body.len(), "the body")?;
     let body: Value = serde_json::from_slice(publish.body)
         .map_err(|e| FieldError::new("malformed_json", "body", format!("body is not JSON: {e}")))?;
     let object = body
@@ -335,13 +358,17 @@ pub fn parse_direct(publish: DirectPublish<'_>) -> Result<ValidEvent, FieldError
             .map_err(|e| FieldError::invalid("message_id", format!("message_id {e}")))?,
         None => EventId::from_body(publish.body),
     };
+    let envelope = Envelope {
+        event,
+        timestamp,
+        data: data.clone(),
+    };
+    // Normalising (the timestamp to UTC, numbers rewritten) can lengthen it: the cap is on
+    // what every task copies.
+    check_size(envelope.to_body().len(), "the normalised envelope")?;
     Ok(ValidEvent {
         id,
-        envelope: Envelope {
-            event,
-            timestamp,
-            data: data.clone(),
-        },
+        envelope,
         occurred_at,
     })
 }
@@ -543,5 +570,67 @@ mod tests {
             parse_direct(with_id).unwrap().id,
             EventId::from_source_id("producer-42").unwrap()
         );
+    }
+
+    /// A verdict whose envelope is `len` bytes, padded with an extra field (the schemas allow
+    /// more properties than they name).
+    fn verdict_of(len: usize) -> Vec<u8> {
+        let head = r#"{"event":"verdict.new","timestamp":"2026-04-20T14:32:00Z","data":{"ruling":"BUY","composite_score":0.1,"confidence":0.5,"regime":"RANGE","pad":""#;
+        let tail = r#""}}"#;
+        let mut body = head.as_bytes().to_vec();
+        body.resize(len - tail.len(), b'x');
+        body.extend_from_slice(tail.as_bytes());
+        body
+    }
+
+    #[test]
+    fn a_direct_publish_over_the_event_cap_is_refused_and_one_at_the_cap_is_not() {
+        let publish = |body: &[u8]| {
+            parse_direct(DirectPublish {
+                body,
+                routing_key: "verdict.new",
+                message_id: None,
+            })
+        };
+        let at_cap = verdict_of(MAX_EVENT_BYTES);
+        assert_eq!(
+            publish(&at_cap).unwrap().envelope.to_body().len(),
+            at_cap.len()
+        );
+        let error = publish(&verdict_of(MAX_EVENT_BYTES + 1)).unwrap_err();
+        assert_eq!(error.code, "payload_too_large");
+        assert!(error.message.contains("65537 bytes"), "{error}");
+    }
+
+    #[test]
+    fn a_direct_publish_whose_normalised_envelope_outgrows_the_cap_is_refused() {
+        // `1e15` is four bytes as sent and eighteen as the envelope writes it.
+        let numbers = vec!["1e15"; 100].join(",");
+        let head = format!(
+            r#"{{"event":"verdict.new","timestamp":"2026-04-20T14:32:00Z","data":{{"ruling":"BUY","composite_score":0.1,"confidence":0.5,"regime":"RANGE","n":[{numbers}],"pad":""#
+        );
+        let tail = r#""}}"#;
+        let mut body = head.into_bytes();
+        body.resize(MAX_EVENT_BYTES - tail.len(), b'x');
+        body.extend_from_slice(tail.as_bytes());
+        assert_eq!(body.len(), MAX_EVENT_BYTES);
+        let error = parse_direct(DirectPublish {
+            body: &body,
+            routing_key: "verdict.new",
+            message_id: None,
+        })
+        .unwrap_err();
+        assert_eq!(error.code, "payload_too_large", "{error}");
+        assert!(error.message.contains("normalised"), "{error}");
+    }
+
+    #[test]
+    fn an_ingested_event_whose_envelope_is_over_the_cap_is_refused() {
+        let pad = "x".repeat(MAX_EVENT_BYTES);
+        let body = serde_json::json!({
+            "event": "verdict.new",
+            "data": {"ruling":"BUY","composite_score":0.1,"confidence":0.5,"regime":"RANGE","pad": pad},
+        });
+        assert_eq!(parse_ingest(&body).unwrap_err().code, "payload_too_large");
     }
 }

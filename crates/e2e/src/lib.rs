@@ -21,7 +21,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub struct System {
     /// The gateway's API; `System` derefs to it (`system.post(…)`, `system.client`).
     pub api: Api,
-    /// The admin addresses of gateway, fanout and delivery, in that order.
+    /// The admin addresses of gateway, fanout and delivery, in that order (without fanout's
+    /// when the system starts without one: `Options::fanout`).
     pub admins: Vec<String>,
     pub ca: TestCa,
     pub env: TestEnv,
@@ -39,6 +40,16 @@ pub struct Options {
     pub delivery_env: Vec<(&'static str, String)>,
     /// Settings for every service.
     pub env: Vec<(&'static str, String)>,
+    /// Whether the system starts a fanout of its own; without one, a test runs its own
+    /// ([`System::spawn_fanout`]) and stops it when it likes.
+    pub fanout: bool,
+}
+
+/// A fanout a test started and stops on its own.
+#[derive(Debug)]
+pub struct Fanout {
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Default for Options {
@@ -47,6 +58,7 @@ impl Default for Options {
             schedule: "200ms,400ms,600ms",
             delivery_env: Vec::new(),
             env: Vec::new(),
+            fanout: true,
         }
     }
 }
@@ -97,13 +109,15 @@ impl System {
             aioka_gateway::Listeners { api, admin },
             shutdown.clone(),
         )));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        admins.push(format!("http://{}", listener.local_addr().unwrap()));
-        tasks.push(tokio::spawn(aioka_fanout::run(
-            env.load(),
-            listener,
-            shutdown.clone(),
-        )));
+        if options.fanout {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            admins.push(format!("http://{}", listener.local_addr().unwrap()));
+            tasks.push(tokio::spawn(aioka_fanout::run(
+                env.load(),
+                listener,
+                shutdown.clone(),
+            )));
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         admins.push(format!("http://{}", listener.local_addr().unwrap()));
         tasks.push(tokio::spawn(aioka_delivery::run(
@@ -141,6 +155,33 @@ impl System {
             }
             assert!(ready, "{admin} never became ready");
         }
+    }
+
+    /// Starts one more fanout with the system's settings and a shutdown token of its own,
+    /// and waits until it is ready.
+    pub async fn spawn_fanout(&self) -> Fanout {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(aioka_fanout::run(
+            self.env.load(),
+            listener,
+            shutdown.clone(),
+        ));
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Ok(r) = self.client.get(format!("{admin}/readyz")).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{admin} never became ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Fanout { shutdown, task }
     }
 
     pub async fn receiver(&self) -> Receiver {

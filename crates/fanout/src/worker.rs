@@ -11,7 +11,7 @@ use aioka_queue::{
     header_str, inject_trace_context, persistent_json, run_consumer,
 };
 use aioka_runtime::Health;
-use aioka_store::{Claim, EventSource, NewEvent, Store, StoreError};
+use aioka_store::{Claim, EventSource, NewEvent, Progress, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -31,13 +31,27 @@ pub(crate) struct Worker {
     pub health: Health,
 }
 
-/// A failure worth trying again: the database or the broker.
+/// Why a fan-out stopped short: a failure worth trying again (the database or the broker),
+/// or a claim that another worker took over.
 #[derive(Debug, thiserror::Error)]
 enum Transient {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// This worker's lease lapsed and another took the event over: it wrote nothing and
+    /// publishes no more. Its message is held (not acked) until the event is done, as any
+    /// copy of an event claimed by another is, so the new holder's failure cannot lose it.
+    #[error("another worker took over the fan-out claim")]
+    ClaimLost,
+}
+
+/// A progress write's outcome as a step that may stop the fan-out.
+fn still_held(progress: Progress) -> Result<(), Transient> {
+    match progress {
+        Progress::Recorded => Ok(()),
+        Progress::ClaimLost => Err(Transient::ClaimLost),
+    }
 }
 
 impl Worker {
@@ -123,6 +137,12 @@ impl Worker {
                         aioka_queue::ack(&delivery).await;
                         return;
                     }
+                    Err(Transient::ClaimLost) => {
+                        // Back to the claim: it waits until the new holder is done (then this
+                        // message is a duplicate) or its claim lapses in turn (then resume).
+                        tracing::info!("fan-out claim taken over by another worker; waiting");
+                        metrics::counter!("aioka_fanout_claims_lost_total").increment(1);
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, retry_in = ?backoff, "fan-out failed; retrying");
                         // Meanwhile another copy of the event may take over.
@@ -203,35 +223,40 @@ impl Worker {
             // progress are what recovery needs.
             let sent = self.publish_tasks(publisher, event, &body, &page).await?;
             if let Some(previous) = in_air.replace((sent, last, page.len())) {
-                published += self.settle(event, previous).await?;
+                published += self.settle(event, holder, previous).await?;
             }
             cursor = Some(last);
         }
         if let Some(previous) = in_air.take() {
-            published += self.settle(event, previous).await?;
+            published += self.settle(event, holder, previous).await?;
         }
-        self.store.finish_fanout(event.id).await?;
+        still_held(self.store.finish_fanout(event.id, holder).await?)?;
         metrics::counter!("aioka_fanout_events_total", "event" => event.envelope.event.as_str())
             .increment(1);
         tracing::info!(tasks = published, "event fanned out");
         Ok(published)
     }
 
-    /// Waits for a chunk's confirms, then records that the fan-out got past it.
+    /// Waits for a chunk's confirms, then records that the fan-out got past it, if `holder`
+    /// still holds the claim; if not, the fan-out stops here (no further chunk is published).
     async fn settle(
         &self,
         event: &ValidEvent,
+        holder: uuid::Uuid,
         (sent, last, count): (Vec<Pending>, WebhookId, usize),
     ) -> Result<u64, Transient> {
         Publisher::confirm_all(sent).await?;
-        self.store
-            .advance_fanout(
-                event.id,
-                last,
-                count as i64,
-                self.settings.fanout.claim_lease,
-            )
-            .await?;
+        still_held(
+            self.store
+                .advance_fanout(
+                    event.id,
+                    holder,
+                    last,
+                    count as i64,
+                    self.settings.fanout.claim_lease,
+                )
+                .await?,
+        )?;
         metrics::counter!("aioka_fanout_tasks_total").increment(count as u64);
         Ok(count as u64)
     }

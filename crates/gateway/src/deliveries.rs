@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use aioka_core::event::{Envelope, EventType, now_timestamp};
 use aioka_core::messages::{DeliveryTask, Task};
 use aioka_core::{DeliveryId, EventId, FieldError, WebhookId};
-use aioka_queue::{DELIVERY_KEY, inject_trace_context, persistent_json};
+use aioka_queue::{DELIVERY_KEY, Published, inject_trace_context, persistent_json};
 use aioka_store::{DeliveryRecord, EventSource, NewEvent, ResendError};
 use axum::Json;
 use axum::extract::{Query, State};
@@ -218,12 +218,16 @@ pub async fn send_test(
             (exchange.clone(), key, bytes, props)
         })
         .collect();
-    if let Err(e) = state.publisher.publish_all(messages).await {
-        // Leave nothing half-written: without its tasks the test event never happened.
-        if let Err(cleanup) = state.store.discard_event(event_id).await {
-            tracing::error!(error = %cleanup, %event_id, "could not discard an unpublished test event");
+    let outcomes = match state.publisher.publish_each(messages).await {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            // Nothing reached the broker: without its tasks the test event never happened.
+            discard_test_event(&state, event_id).await;
+            return Err(ApiError::unavailable(e));
         }
-        return Err(ApiError::unavailable(e));
+    };
+    if let Some(error) = settle_test_publish(&state, event_id, &targets, outcomes).await {
+        return Err(error);
     }
     tracing::info!(%event_id, webhooks = targets.len(), "test event sent");
     let deliveries: Vec<Value> = targets
@@ -234,6 +238,94 @@ pub async fn send_test(
         StatusCode::ACCEPTED,
         Json(json!({ "event_id": event_id, "event": event_type, "deliveries": deliveries })),
     ))
+}
+
+async fn discard_test_event(state: &AppState, event_id: EventId) {
+    if let Err(cleanup) = state.store.discard_event(event_id).await {
+        tracing::error!(error = %cleanup, %event_id, "could not discard an unpublished test event");
+    }
+}
+
+/// What a test event's publish left in the broker, per target webhook.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Split {
+    /// Confirmed: the broker holds the task, it will be delivered.
+    sent: Vec<WebhookId>,
+    /// Not confirmed (refused, or its confirm lost with the channel) or never handed over.
+    unsent: Vec<WebhookId>,
+    /// Whether the broker may hold any task: then the event must stay, or the recorder could
+    /// not record its deliveries.
+    may_be_stored: bool,
+    /// The first failure, for the log.
+    cause: Option<String>,
+}
+
+fn split(targets: &[WebhookId], outcomes: Vec<Published>) -> Split {
+    let mut split = Split::default();
+    for (webhook, outcome) in targets.iter().zip(outcomes) {
+        split.may_be_stored |= outcome.may_be_stored();
+        match outcome {
+            Published::Confirmed => split.sent.push(*webhook),
+            Published::NotConfirmed(e) => {
+                split.cause.get_or_insert_with(|| e.to_string());
+                split.unsent.push(*webhook);
+            }
+            Published::NotStarted => split.unsent.push(*webhook),
+        }
+    }
+    split
+}
+
+/// After a test event's tasks were published: `None` if every one was confirmed, else the
+/// answer, having made the records match what the broker holds. A confirmed task will be
+/// delivered, so its delivery (and the event) stays, listable in the log; an unconfirmed one
+/// loses its pending delivery; the event goes only if the broker may hold none of its tasks.
+async fn settle_test_publish(
+    state: &AppState,
+    event_id: EventId,
+    targets: &[WebhookId],
+    outcomes: Vec<Published>,
+) -> Option<ApiError> {
+    let split = split(targets, outcomes);
+    if split.unsent.is_empty() {
+        return None;
+    }
+    let cause = split
+        .cause
+        .unwrap_or_else(|| "the broker connection failed".to_owned());
+    if !split.may_be_stored {
+        discard_test_event(state, event_id).await;
+        return Some(ApiError::unavailable(cause));
+    }
+    if let Err(e) = state
+        .store
+        .discard_pending_deliveries(event_id, &split.unsent)
+        .await
+    {
+        tracing::error!(error = %e, %event_id, "could not remove the deliveries of unsent test tasks");
+    }
+    if split.sent.is_empty() {
+        return Some(ApiError::unavailable(cause));
+    }
+    Some(ApiError::partly_sent(
+        partly_sent_message(event_id, &split.sent, &split.unsent),
+        cause,
+    ))
+}
+
+fn partly_sent_message(event_id: EventId, sent: &[WebhookId], unsent: &[WebhookId]) -> String {
+    let list = |ids: &[WebhookId]| {
+        ids.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "the test event {event_id} was sent to {} and will be delivered there (see their \
+         delivery logs); it could not be sent to {}: send a test event to those again",
+        list(sent),
+        list(unsent)
+    )
 }
 
 /// `POST /v1/webhooks/{id}/deliveries/{delivery_id}/retry`: one more series of attempts for a
@@ -293,6 +385,61 @@ pub async fn retry(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ids(n: usize) -> Vec<WebhookId> {
+        (0..n).map(|_| WebhookId::new()).collect()
+    }
+
+    #[test]
+    fn a_publish_confirmed_for_some_targets_keeps_the_event_and_names_both_parts() {
+        let targets = ids(3);
+        let got = split(
+            &targets,
+            vec![
+                Published::Confirmed,
+                Published::NotConfirmed(aioka_queue::QueueError::Nacked),
+                Published::NotStarted,
+            ],
+        );
+        assert_eq!(got.sent, vec![targets[0]]);
+        assert_eq!(got.unsent, vec![targets[1], targets[2]]);
+        assert!(got.may_be_stored, "the confirmed task will be delivered");
+        let message = partly_sent_message(EventId::new(), &got.sent, &got.unsent);
+        let at = |w: WebhookId| message.find(&w.to_string()).unwrap();
+        assert!(at(targets[0]) < at(targets[1]) && at(targets[1]) < at(targets[2]));
+    }
+
+    #[test]
+    fn a_publish_refused_for_every_target_leaves_nothing() {
+        let targets = ids(2);
+        let got = split(
+            &targets,
+            vec![
+                Published::NotConfirmed(aioka_queue::QueueError::Nacked),
+                Published::NotConfirmed(aioka_queue::QueueError::Unroutable {
+                    exchange: "x".into(),
+                    routing_key: "delivery".into(),
+                }),
+            ],
+        );
+        assert!(got.sent.is_empty() && !got.may_be_stored);
+    }
+
+    #[test]
+    fn a_task_whose_confirm_was_lost_with_the_channel_keeps_the_event() {
+        let targets = ids(1);
+        let lost =
+            aioka_queue::lapin::Error::from(aioka_queue::lapin::ErrorKind::ChannelsLimitReached);
+        let got = split(
+            &targets,
+            vec![Published::NotConfirmed(aioka_queue::QueueError::Amqp(lost))],
+        );
+        assert_eq!(got.unsent, targets);
+        assert!(
+            got.may_be_stored,
+            "the broker may hold it: the recorder needs the event"
+        );
+    }
 
     #[test]
     fn cursors_round_trip_and_garbage_is_refused() {

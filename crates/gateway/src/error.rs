@@ -76,6 +76,19 @@ impl ApiError {
     }
 
     /// A dependency (database, broker) is unavailable: the client may retry.
+    /// 503 `test_event_partly_sent`: a batch reached the broker in part. `message` says which
+    /// part (the customer's own webhook ids, nothing internal); `cause` is for the log.
+    pub fn partly_sent(message: String, cause: impl std::fmt::Display) -> Self {
+        Self {
+            internal: Some(cause.to_string()),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "test_event_partly_sent",
+                message,
+            )
+        }
+    }
+
     pub fn unavailable(cause: impl std::fmt::Display) -> Self {
         Self {
             internal: Some(cause.to_string()),
@@ -90,10 +103,12 @@ impl ApiError {
 
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
-        let status = if e.code == "malformed_json" {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::UNPROCESSABLE_ENTITY
+        let status = match e.code {
+            "malformed_json" => StatusCode::BAD_REQUEST,
+            // An event over aioka_core::event::MAX_EVENT_BYTES once normalised: the same answer
+            // as a body over the request limit.
+            "payload_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
         };
         let field = (!e.field.is_empty()).then_some(e.field);
         Self {

@@ -17,7 +17,7 @@ pub use consumer::{
 };
 pub use lapin;
 pub use publisher::{Pending, Publisher, QueueError, connect, header_str, persistent_json};
-pub use shared::SharedPublisher;
+pub use shared::{Published, SharedPublisher};
 pub use topology::{
     AmqpSettings, DEFER_KEY, DELIVERY_KEY, PARK_REASON_HEADER, PARK_SOURCE_HEADER, Topology,
 };

@@ -96,7 +96,7 @@ impl Publisher {
     }
 
     /// Hands a message to the broker, `mandatory`, without waiting for its confirm. Await
-    /// [`Pending::confirmed`] (or use [`Publisher::publish_all`]) before acting on it.
+    /// [`Pending::confirmed`] (or use [`Publisher::confirm_all`]) before acting on it.
     pub async fn start(
         &self,
         exchange: &str,

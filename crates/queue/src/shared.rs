@@ -1,6 +1,7 @@
 //! A publisher that reconnects: the gateway publishes from request handlers and must survive
 //! a broker restart without restarting itself.
 
+use futures_util::future::join_all;
 use lapin::{BasicProperties, Connection};
 use tokio::sync::Mutex;
 
@@ -71,28 +72,63 @@ impl SharedPublisher {
         result
     }
 
-    /// Publishes several messages and waits for every confirm.
-    pub async fn publish_all(
+    /// Publishes several messages and waits for every confirm, telling what became of each
+    /// (in the order given): a batch can succeed in part, and the caller must know which
+    /// messages the broker holds. A broken connection is dropped so the next call reconnects.
+    /// `Err` only when no publisher could be had (nothing was sent).
+    pub async fn publish_each(
         &self,
         messages: Vec<(String, String, Vec<u8>, BasicProperties)>,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Vec<Published>, QueueError> {
         let publisher = self.get().await?;
-        let mut pending = Vec::with_capacity(messages.len());
-        let mut result = Ok(());
+        let total = messages.len();
+        let mut pending = Vec::with_capacity(total);
         for (exchange, key, body, props) in messages {
             match publisher.start(&exchange, &key, &body, props).await {
                 Ok(p) => pending.push(p),
                 Err(e) => {
-                    result = Err(e);
+                    tracing::warn!(error = %e, "publish failed; the rest of the batch is not sent");
                     break;
                 }
             }
         }
-        let confirmed = Publisher::confirm_all(pending).await;
-        let result = result.and(confirmed);
-        if matches!(result, Err(QueueError::Amqp(_))) {
+        let mut outcomes: Vec<Published> = join_all(pending.into_iter().map(|p| async {
+            match p.confirmed().await {
+                Ok(()) => Published::Confirmed,
+                Err(e) => Published::NotConfirmed(e),
+            }
+        }))
+        .await;
+        let broken = outcomes.len() < total
+            || outcomes
+                .iter()
+                .any(|o| matches!(o, Published::NotConfirmed(QueueError::Amqp(_))));
+        if broken {
             *self.live.lock().await = None;
         }
-        result
+        outcomes.resize_with(total, || Published::NotStarted);
+        Ok(outcomes)
+    }
+}
+
+/// What became of one message of a batch ([`SharedPublisher::publish_each`]).
+#[derive(Debug)]
+pub enum Published {
+    /// The broker confirmed it: it is stored.
+    Confirmed,
+    /// Handed over, but not confirmed: refused (a nack, or unroutable), or the channel failed
+    /// before its confirm came, in which case the broker may hold it anyway.
+    NotConfirmed(QueueError),
+    /// Never handed to the broker (the channel failed before it).
+    NotStarted,
+}
+
+impl Published {
+    /// Whether the broker may hold the message (and so its consumer may act on it).
+    pub fn may_be_stored(&self) -> bool {
+        match self {
+            Published::Confirmed | Published::NotConfirmed(QueueError::Amqp(_)) => true,
+            Published::NotConfirmed(_) | Published::NotStarted => false,
+        }
     }
 }

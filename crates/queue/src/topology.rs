@@ -375,4 +375,17 @@ mod contract {
         })
         .expect("the documented direct publish is valid");
     }
+
+    #[test]
+    fn the_documented_size_cap_is_the_enforced_one() {
+        let cap = aioka_core::event::MAX_EVENT_BYTES;
+        let stated: Vec<usize> = DOC
+            .split(" bytes")
+            .filter_map(|before| before.rsplit(char::is_whitespace).next()?.parse().ok())
+            .collect();
+        assert!(
+            !stated.is_empty() && stated.iter().all(|&n| n == cap),
+            "proto/amqp.md states the direct-publish cap as {stated:?}; the code enforces {cap}"
+        );
+    }
 }

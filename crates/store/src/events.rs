@@ -6,6 +6,10 @@
 //! confirmed chunk ended; the redelivered message resumes there. A second copy of the same
 //! event (a producer sending twice) finds it claimed or done and is acknowledged as a
 //! duplicate: an event's tasks are published once.
+//!
+//! Every progress write (advance the cursor, finish) names its writer and is made only while
+//! that writer holds the claim, so a worker whose lease lapsed while another took over can
+//! neither move the cursor back under the new holder nor mark the event done.
 
 use std::time::Duration;
 
@@ -86,6 +90,27 @@ pub enum Claim {
     Done,
     /// Another worker holds a live lease on it.
     HeldByOther,
+}
+
+/// Whether a fan-out progress write (advance, finish) was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a lost claim means the worker must stop publishing"]
+pub enum Progress {
+    /// Written: the writer holds the claim.
+    Recorded,
+    /// Nothing written: another worker took the claim over after this writer's lease lapsed
+    /// (or the event is done). The writer must stop and leave the event to the holder.
+    ClaimLost,
+}
+
+impl Progress {
+    fn from_updated(rows: u64) -> Self {
+        if rows == 1 {
+            Progress::Recorded
+        } else {
+            Progress::ClaimLost
+        }
+    }
 }
 
 fn seconds(d: Duration) -> f64 {
@@ -173,38 +198,56 @@ impl Store {
             .collect()
     }
 
-    /// Records that tasks for webhooks up to `cursor` are confirmed, and renews the lease.
+    /// Records that tasks for webhooks up to `cursor` are confirmed, and renews the lease, if
+    /// `holder` still holds the claim. A worker whose lease lapsed and whose event another
+    /// worker took over gets [`Progress::ClaimLost`] and writes nothing: the cursor is the new
+    /// holder's alone, so it never moves backwards under it, and the tasks are not counted
+    /// twice.
     #[tracing::instrument(skip_all, fields(event_id = %event))]
     pub async fn advance_fanout(
         &self,
         event: EventId,
+        holder: uuid::Uuid,
         cursor: WebhookId,
         added: i64,
         lease: Duration,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Progress, StoreError> {
         let client = self.pool.get().await?;
-        client
+        let updated = client
             .execute(
                 "UPDATE events SET fanout_cursor = $2, fanout_tasks = fanout_tasks + $3,
                         fanout_lease_until = now() + $4::float8 * interval '1 second'
-                 WHERE id = $1",
-                &[&event.as_uuid(), &cursor.as_uuid(), &added, &seconds(lease)],
+                 WHERE id = $1 AND fanout_holder = $5 AND fanned_out_at IS NULL",
+                &[
+                    &event.as_uuid(),
+                    &cursor.as_uuid(),
+                    &added,
+                    &seconds(lease),
+                    &holder,
+                ],
             )
             .await?;
-        Ok(())
+        Ok(Progress::from_updated(updated))
     }
 
-    /// Marks the fan-out complete.
+    /// Marks the fan-out complete, if `holder` still holds the claim (see
+    /// [`Store::advance_fanout`]): only the worker that published the last chunk may say the
+    /// event is done.
     #[tracing::instrument(skip_all, fields(event_id = %event))]
-    pub async fn finish_fanout(&self, event: EventId) -> Result<(), StoreError> {
+    pub async fn finish_fanout(
+        &self,
+        event: EventId,
+        holder: uuid::Uuid,
+    ) -> Result<Progress, StoreError> {
         let client = self.pool.get().await?;
-        client
+        let updated = client
             .execute(
-                "UPDATE events SET fanned_out_at = now(), fanout_lease_until = NULL WHERE id = $1",
-                &[&event.as_uuid()],
+                "UPDATE events SET fanned_out_at = now(), fanout_lease_until = NULL
+                 WHERE id = $1 AND fanout_holder = $2 AND fanned_out_at IS NULL",
+                &[&event.as_uuid(), &holder],
             )
             .await?;
-        Ok(())
+        Ok(Progress::from_updated(updated))
     }
 
     /// Gives up `holder`'s claim early (its worker failed or was cut off), so a redelivery
@@ -272,6 +315,28 @@ impl Store {
 }
 
 impl Store {
+    /// Removes the still-pending deliveries of `event` to `webhooks`: test-event tasks that
+    /// were not confirmed. The event and its other deliveries stay. A task the broker held
+    /// after all gets its row back from the recorder with its first attempt.
+    #[tracing::instrument(skip_all, fields(event_id = %event, webhooks = webhooks.len()))]
+    pub async fn discard_pending_deliveries(
+        &self,
+        event: EventId,
+        webhooks: &[WebhookId],
+    ) -> Result<(), StoreError> {
+        let ids: Vec<uuid::Uuid> = webhooks.iter().map(|w| w.as_uuid()).collect();
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM deliveries
+                 WHERE event_id = $1 AND webhook_id = ANY($2::uuid[])
+                   AND status = 'pending' AND attempts = 0",
+                &[&event.as_uuid(), &ids],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Removes an event that never reached the broker, with its pending deliveries.
     #[tracing::instrument(skip_all, fields(event_id = %event))]
     pub async fn discard_event(&self, event: EventId) -> Result<(), StoreError> {

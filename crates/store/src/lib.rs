@@ -18,7 +18,7 @@ pub use deliveries::{
     DeliveryTarget, Disabled, RecordKind, RecordedAttempt, Resend, ResendError,
 };
 pub use error::StoreError;
-pub use events::{Claim, ClaimGuard, EventSource, NewEvent};
+pub use events::{Claim, ClaimGuard, EventSource, NewEvent, Progress};
 pub use keys::{KeyRecord, NewKey};
 pub use listen::{WEBHOOK_CHANGED, listen_webhook_changes};
 pub use pool::{DatabaseSettings, Store};

@@ -308,6 +308,92 @@ async fn a_malformed_direct_publish_is_parked_with_its_reason() {
 }
 
 #[tokio::test]
+async fn a_direct_publish_over_the_event_cap_is_parked_and_never_delivered() {
+    let system = System::start().await;
+    let (receiver, _, producer, _, _) = system.subscriber(&["verdict.new"]).await;
+    let connection = system.broker.connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let topology = system.broker.topology();
+    // A valid verdict (its schema allows more properties) one byte over the cap HTTP applies.
+    let cap = aioka_core::event::MAX_EVENT_BYTES;
+    let mut big = sample(EventType::VerdictNew);
+    big["timestamp"] = json!("2026-04-20T14:32:00Z");
+    big["data"]["pad"] = json!("");
+    let padding = cap + 1 - big.to_string().len();
+    big["data"]["pad"] = json!("x".repeat(padding));
+    let body = big.to_string();
+    assert_eq!(body.len(), cap + 1);
+    channel
+        .basic_publish(
+            topology.events_exchange().as_str().into(),
+            "verdict.new".into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id("too-big".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Published after the big one: once it arrives, fanout has dealt with the big one.
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    receiver.wait_for(1, PATIENCE).await;
+
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let parked = loop {
+        if let Some(message) = channel
+            .basic_get(
+                topology.parking_queue().as_str().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            break message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the oversized event was never parked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let headers = parked.delivery.properties.headers().clone();
+    let reason =
+        aioka_queue::header_str(headers.as_ref(), aioka_queue::PARK_REASON_HEADER).unwrap();
+    assert!(
+        reason.contains(&format!("{} bytes", cap + 1)) && reason.contains(&format!("{cap}")),
+        "{reason}"
+    );
+    assert_eq!(parked.delivery.data.len(), cap + 1, "parked unchanged");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = receiver.received();
+    assert_eq!(received.len(), 1, "only the small event is delivered");
+    assert!(received[0].body.len() < 1024);
+}
+
+#[tokio::test]
+async fn an_event_whose_envelope_outgrows_the_cap_gets_413_not_202() {
+    let system = System::start().await;
+    let producer = system.producer().await;
+    // Within the request limit, but the timestamp the gateway adds takes the envelope over
+    // the cap: accepting it would have fanout park an event that got 202.
+    let cap = aioka_core::event::MAX_EVENT_BYTES;
+    let mut body = sample(EventType::VerdictNew);
+    body["data"]["pad"] = json!("");
+    let padding = cap - body.to_string().len();
+    body["data"]["pad"] = json!("x".repeat(padding));
+    assert_eq!(body.to_string().len(), cap);
+    let response = system.post("/v1/events", &producer, &body).await;
+    assert_eq!(response.status(), 413);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "payload_too_large", "{error}");
+}
+
+#[tokio::test]
 async fn ingestion_checks_the_key_kind_and_the_schema() {
     let system = System::start().await;
     let customer = system.customer().await;

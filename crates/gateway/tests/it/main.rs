@@ -5,6 +5,7 @@
 mod auth;
 mod fuzz;
 mod openapi;
+mod test_events;
 mod webhooks;
 
 use aioka_core::tier::Tier;

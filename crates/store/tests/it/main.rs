@@ -1,4 +1,5 @@
-//! The store against a real PostgreSQL: one fresh database per test.
+//! The store's queries against the machine's PostgreSQL, one fresh database per test.
 #![allow(clippy::unwrap_used)]
 
+mod fanout;
 mod recording;
