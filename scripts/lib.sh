@@ -123,6 +123,39 @@ db_admin_url() {
   die "cannot log in to PostgreSQL as postgres without a password; set AIOKA_DB_ADMIN_URL to a role that may create databases."
 }
 
+# One RabbitMQ user per role on the machine's broker (aioka-producer, aioka-gateway,
+# aioka-fanout, aioka-delivery), with the permissions `aioka amqp-permissions ROLE` prints
+# (crates/queue/src/permissions.rs: a producer may only publish to aioka.events). Idempotent:
+# passwords are generated once into .run/amqp-users.env and set again on every run.
+AMQP_ROLES=(producer gateway fanout delivery)
+ensure_amqp_users() { # path to the aioka binary
+  local bin=$1 file="$RUN/amqp-users.env" role user pw conf write read
+  have rabbitmqctl || die "rabbitmqctl is needed to create the broker users (or set AIOKA__AMQP__URL yourself)"
+  (umask 077 && touch "$file")
+  for role in "${AMQP_ROLES[@]}"; do
+    user="aioka-$role"
+    pw="$(sed -n "s/^$role=//p" "$file")"
+    if [ -z "$pw" ]; then
+      pw="$(head -c 24 /dev/urandom | base64 | tr -d '/+=\n')"
+      echo "$role=$pw" >>"$file"
+    fi
+    if rabbitmqctl -q list_users 2>/dev/null </dev/null | awk '{print $1}' | grep -qx "$user"; then
+      rabbitmqctl -q change_password "$user" "$pw" >/dev/null </dev/null
+    else
+      rabbitmqctl -q add_user "$user" "$pw" >/dev/null </dev/null
+    fi
+    { read -r conf; read -r write; read -r read; } < <("$bin" amqp-permissions "$role")
+    rabbitmqctl -q set_permissions -p / "$user" "$conf" "$write" "$read" >/dev/null </dev/null ||
+      die "could not set the permissions of the broker user $user"
+  done
+}
+# The AMQP URL of a role's user (after ensure_amqp_users).
+amqp_user_url() { # role
+  local pw
+  pw="$(sed -n "s/^$1=//p" "$RUN/amqp-users.env")"
+  echo "amqp://aioka-$1:$pw@$AMQP_HOST:$AMQP_PORT/%2f"
+}
+
 # Schemathesis (PyPI), for the gateway's fuzz test, in a venv of the project's own.
 SCHEMATHESIS_VERSION=4.32.5
 ensure_fuzz_tools() {

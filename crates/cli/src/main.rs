@@ -36,6 +36,12 @@ enum Command {
     Parking(ParkingCommand),
     /// A local HTTPS endpoint that prints deliveries and checks their signatures (demos).
     Receiver(ReceiverArgs),
+    /// Print the RabbitMQ permissions of a role's broker user for the configured prefix:
+    /// configure, write and read patterns, one per line, as `rabbitmqctl set_permissions`
+    /// takes them. Roles: producer, gateway, fanout, delivery.
+    AmqpPermissions {
+        role: aioka_queue::permissions::Role,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +167,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         other => other,
     };
     let settings: Settings = aioka_runtime::load()?;
+    if let Command::AmqpPermissions { role } = &command {
+        // The patterns name exchanges and queues only, so the tiers do not matter.
+        let topology = aioka_queue::Topology::new(&settings.amqp.prefix, Vec::new(), 1);
+        let p = aioka_queue::permissions::permissions(&topology, *role);
+        println!("{}\n{}\n{}", p.configure, p.write, p.read);
+        return Ok(());
+    }
     if let Command::Parking(parking) = &command {
         let schedule: aioka_core::retry::RetrySchedule = settings
             .delivery
@@ -202,7 +215,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             eprintln!("revoked {id}");
         }
-        Command::Receiver(_) | Command::Parking(_) => {}
+        Command::Receiver(_) | Command::Parking(_) | Command::AmqpPermissions { .. } => {}
     }
     Ok(())
 }

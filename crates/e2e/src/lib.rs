@@ -43,6 +43,9 @@ pub struct Options {
     /// Whether the system starts a fanout of its own; without one, a test runs its own
     /// ([`System::spawn_fanout`]) and stops it when it likes.
     pub fanout: bool,
+    /// Each service connects as a broker user of its own, with the least privileges of its
+    /// role (`aioka_queue::permissions`), as `scripts/up` runs them.
+    pub broker_users: bool,
 }
 
 /// A fanout a test started and stops on its own.
@@ -59,6 +62,7 @@ impl Default for Options {
             delivery_env: Vec::new(),
             env: Vec::new(),
             fanout: true,
+            broker_users: false,
         }
     }
 }
@@ -97,6 +101,13 @@ impl System {
         for (k, v) in &options.delivery_env {
             delivery_env.set(k, v);
         }
+        let (mut gateway_env, mut fanout_env) = (env.clone(), env.clone());
+        if options.broker_users {
+            use aioka_queue::permissions::Role;
+            gateway_env.set("AIOKA__AMQP__URL", &broker.user(Role::Gateway));
+            fanout_env.set("AIOKA__AMQP__URL", &broker.user(Role::Fanout));
+            delivery_env.set("AIOKA__AMQP__URL", &broker.user(Role::Delivery));
+        }
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -105,7 +116,7 @@ impl System {
         let gateway = format!("http://{}", api.local_addr().unwrap());
         let mut admins = vec![format!("http://{}", admin.local_addr().unwrap())];
         tasks.push(tokio::spawn(aioka_gateway::run(
-            env.load(),
+            gateway_env.load(),
             aioka_gateway::Listeners { api, admin },
             shutdown.clone(),
         )));
@@ -113,7 +124,7 @@ impl System {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             admins.push(format!("http://{}", listener.local_addr().unwrap()));
             tasks.push(tokio::spawn(aioka_fanout::run(
-                env.load(),
+                fanout_env.load(),
                 listener,
                 shutdown.clone(),
             )));

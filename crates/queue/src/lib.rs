@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod consumer;
+pub mod permissions;
 mod publisher;
 mod shared;
 mod topology;

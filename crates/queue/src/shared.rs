@@ -8,7 +8,8 @@ use tokio::sync::Mutex;
 use crate::{Publisher, QueueError, Topology, connect};
 
 /// A lazily connected, self-healing publisher. The first publish after a broken connection
-/// reconnects and re-declares the topology.
+/// reconnects and re-declares the exchanges (only those: the gateway's broker user may
+/// configure nothing else; fanout and delivery declare the queues).
 #[derive(Debug)]
 pub struct SharedPublisher {
     url: String,
@@ -43,7 +44,7 @@ impl SharedPublisher {
         *live = None;
         let connection = connect(&self.url, &self.name).await?;
         let publisher = Publisher::new(&connection).await?;
-        self.topology.declare(publisher.channel()).await?;
+        self.topology.declare_exchanges(publisher.channel()).await?;
         *live = Some((connection, publisher.clone()));
         Ok(publisher)
     }

@@ -64,6 +64,11 @@ impl Topology {
         }
     }
 
+    /// The name prefix of every exchange and queue.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The name a service's connection shows in the broker (`aioka-delivery@aioka`), so an
     /// operator can tell deployments and services apart in `rabbitmqctl list_connections`.
     pub fn connection_name(&self, service: &str) -> String {
@@ -126,22 +131,7 @@ impl Topology {
     /// new name or a policy, see ARCHITECTURE.md).
     #[tracing::instrument(skip_all, fields(prefix = %self.prefix))]
     pub async fn declare(&self, channel: &Channel) -> Result<(), QueueError> {
-        let durable = ExchangeDeclareOptions {
-            durable: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let exchanges = [
-            (self.events_exchange(), ExchangeKind::Topic),
-            (self.deliveries_exchange(), ExchangeKind::Direct),
-            (self.retry_exchange(), ExchangeKind::Direct),
-            (self.parking_exchange(), ExchangeKind::Fanout),
-        ];
-        for (name, kind) in exchanges {
-            channel
-                .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
-                .await?;
-        }
-
+        self.declare_exchanges(channel).await?;
         self.queue(channel, &self.parking_queue(), quorum()).await?;
         self.bind(channel, &self.parking_queue(), &self.parking_exchange(), "")
             .await?;
@@ -168,6 +158,28 @@ impl Topology {
         }
         self.wait_queue(channel, &self.defer_queue(), DEFER_DELAY_MS, DEFER_KEY)
             .await?;
+        Ok(())
+    }
+
+    /// Declares the exchanges only: what the gateway needs to publish, with a user that may
+    /// configure nothing else (the queues are fanout's and delivery's to declare).
+    #[tracing::instrument(skip_all, fields(prefix = %self.prefix))]
+    pub async fn declare_exchanges(&self, channel: &Channel) -> Result<(), QueueError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let exchanges = [
+            (self.events_exchange(), ExchangeKind::Topic),
+            (self.deliveries_exchange(), ExchangeKind::Direct),
+            (self.retry_exchange(), ExchangeKind::Direct),
+            (self.parking_exchange(), ExchangeKind::Fanout),
+        ];
+        for (name, kind) in exchanges {
+            channel
+                .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
+                .await?;
+        }
         Ok(())
     }
 

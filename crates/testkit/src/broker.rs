@@ -1,7 +1,11 @@
 //! One RabbitMQ name prefix per test.
 
+use std::process::Command;
+use std::sync::Mutex;
+
 use aioka_core::retry::RetrySchedule;
 use aioka_queue::Topology;
+use aioka_queue::permissions::{Role, permissions};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 
 /// The broker tests use (`AIOKA_TEST_AMQP_URL`, default the local RabbitMQ as guest).
@@ -16,6 +20,21 @@ pub struct TestBroker {
     pub url: String,
     pub prefix: String,
     pub schedule: RetrySchedule,
+    /// Broker users made by [`TestBroker::user`], deleted on drop.
+    users: Mutex<Vec<String>>,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let output = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("this test needs rabbitmqctl (the machine's RabbitMQ)");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {}: {}",
+        args.first().unwrap_or(&""),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 impl TestBroker {
@@ -25,7 +44,31 @@ impl TestBroker {
             url: amqp_url(),
             prefix: crate::unique("t"),
             schedule: schedule.parse().expect("test retry schedule"),
+            users: Mutex::new(Vec::new()),
         }
+    }
+
+    /// A broker user of its own with the permissions of `role` over this prefix (as
+    /// `scripts/up` makes them); returns its AMQP URL.
+    pub fn user(&self, role: Role) -> String {
+        let name = format!("{}-{}", self.prefix, role.as_str());
+        let password = crate::unique("pw");
+        rabbitmqctl(&["-q", "add_user", &name, &password]);
+        self.users.lock().unwrap().push(name.clone());
+        let p = permissions(&self.topology(), role);
+        rabbitmqctl(&[
+            "-q",
+            "set_permissions",
+            "-p",
+            "/",
+            &name,
+            &p.configure,
+            &p.write,
+            &p.read,
+        ]);
+        let (scheme, rest) = self.url.split_once("://").unwrap();
+        let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        format!("{scheme}://{name}:{password}@{host}")
     }
 
     pub fn topology(&self) -> Topology {
@@ -42,6 +85,11 @@ impl TestBroker {
 
 impl Drop for TestBroker {
     fn drop(&mut self) {
+        for user in self.users.lock().map(|u| u.clone()).unwrap_or_default() {
+            let _ = Command::new("rabbitmqctl")
+                .args(["-q", "delete_user", &user])
+                .output();
+        }
         let topology = self.topology();
         let url = self.url.clone();
         let _ = std::thread::spawn(move || {

@@ -95,3 +95,30 @@ async fn a_task_without_our_tag_is_parked_and_never_sent() {
     assert_eq!(got.len(), 1, "only the real event arrived");
     assert!(!String::from_utf8_lossy(&got[0].body).contains("forged"));
 }
+
+#[tokio::test]
+async fn the_services_work_as_broker_users_of_least_privilege() {
+    let system = System::start_with(crate::Options {
+        broker_users: true,
+        ..crate::Options::default()
+    })
+    .await;
+    let (receiver, customer, producer, webhook, secret) = system.subscriber(&["verdict.new"]).await;
+    // An event through fanout, a failure and its retry through the tiers, and a test event
+    // straight from the gateway.
+    receiver.script(&[500]);
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    let got = receiver.wait_for(2, PATIENCE).await;
+    assert!(got.iter().all(|r| r.seed_signature_valid(&secret)));
+    let response = system
+        .post(
+            "/v1/webhooks/test",
+            &customer,
+            &serde_json::json!({"webhook_id": webhook}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    receiver.wait_for(3, PATIENCE).await;
+}

@@ -10,6 +10,8 @@ use aioka_queue::{ConsumerSpec, Publisher, Topology, persistent_json, run_consum
 use aioka_testkit::TestBroker;
 use tokio_util::sync::CancellationToken;
 
+mod permissions;
+
 #[tokio::test]
 async fn a_message_whose_handler_panics_is_parked_after_the_delivery_limit_while_others_flow() {
     aioka_testkit::init_logs();
