@@ -2,7 +2,10 @@
 //! ids, the receiver's records and the delivery log.
 //!
 //! * expected = accepted events × webhooks, as delivery ids (`DeliveryId::for_pair`), less
-//!   the pairs the log shows skipped because their webhook was disabled (and it is);
+//!   the pairs legitimately not sent because their webhook was disabled: the log shows the
+//!   delivery skipped for that reason, or (fan-out walks only active webhooks) there is no
+//!   delivery row, the receiver never saw it, and the webhook was disabled before the
+//!   event's fan-out ended; in both cases the webhook must be disabled now;
 //! * delivered = the distinct delivery ids the receiver saw, whatever it answered;
 //! * lost = expected − delivered, unexpected = delivered − (accepted × webhooks).
 //!
@@ -20,7 +23,7 @@ use std::time::Duration;
 
 use aioka_core::{DeliveryId, EventId, WebhookId};
 use aioka_store::{
-    AttemptAudit, DatabaseSettings, DeliveryAudit, DeliveryStatus, Store, WebhookAudit,
+    AttemptAudit, DatabaseSettings, DeliveryAudit, DeliveryStatus, EventAudit, Store, WebhookAudit,
 };
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -55,6 +58,7 @@ pub struct Input {
     pub accepted: Vec<EventId>,
     pub records: Vec<Record>,
     pub webhooks: Vec<WebhookAudit>,
+    pub events: Vec<EventAudit>,
     pub deliveries: Vec<DeliveryAudit>,
     /// Per webhook, in (attempted_at, delivery, attempt) order.
     pub attempts: Vec<AttemptAudit>,
@@ -70,6 +74,7 @@ pub struct Accounting {
     pub webhooks: usize,
     pub pairs: usize,
     pub skipped_disabled: usize,
+    pub not_fanned_out_disabled: usize,
     pub expected: usize,
     pub delivered: usize,
     pub requests: usize,
@@ -105,6 +110,7 @@ impl Accounting {
             "webhooks": self.webhooks,
             "pairs": self.pairs,
             "skipped_disabled": self.skipped_disabled,
+            "not_fanned_out_disabled": self.not_fanned_out_disabled,
             "expected": self.expected,
             "delivered": self.delivered,
             "requests": self.requests,
@@ -199,10 +205,28 @@ pub fn account(input: &Input) -> Accounting {
     out.duplicates = input.records.len() - distinct_attempts.len();
     out.delivered = per_delivery.len();
 
+    let fanned_out: HashMap<EventId, &EventAudit> =
+        input.events.iter().map(|e| (e.id, e)).collect();
+    // Fan-out reads only active webhooks: a webhook disabled (disabled_at is the disabling
+    // transaction's start) before the event's fan-out ended may have had no task at all.
+    let not_fanned_out_disabled = |id: &DeliveryId, e: &EventId, w: &WebhookId| {
+        !log.contains_key(id)
+            && !per_delivery.contains_key(id)
+            && hooks.get(w).is_some_and(|h| {
+                !h.is_active
+                    && fanned_out.get(e).is_some_and(|ev| {
+                        matches!((h.disabled_at, ev.fanned_out_at), (Some(d), Some(f)) if d <= f)
+                    })
+            })
+    };
     let mut lost = Vec::new();
     for (id, (e, w)) in &pairs {
         if skipped_disabled(id) {
             out.skipped_disabled += 1;
+            continue;
+        }
+        if not_fanned_out_disabled(id, e, w) {
+            out.not_fanned_out_disabled += 1;
             continue;
         }
         if !per_delivery.contains_key(id) {
@@ -223,7 +247,7 @@ pub fn account(input: &Input) -> Accounting {
             Some(_) => {}
         }
     }
-    out.expected = out.pairs - out.skipped_disabled;
+    out.expected = out.pairs - out.skipped_disabled - out.not_fanned_out_disabled;
     for (id, counts) in &per_delivery {
         let label = || match pairs.get(id) {
             Some((e, w)) => name(*e, *w),
@@ -321,6 +345,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         accepted,
         records,
         webhooks: store.audit_webhooks().await?,
+        events: store.audit_events().await?,
         deliveries: store.audit_deliveries().await?,
         attempts: store.audit_attempts().await?,
         max_attempts: args.max_attempts,
@@ -346,6 +371,7 @@ mod tests {
             is_active: true,
             consecutive_failures: 0,
             disabled_reason: None,
+            disabled_at: None,
         }
     }
 
@@ -397,10 +423,19 @@ mod tests {
                 attempts.push(attempt(id, w.id, 1, i as i64, 200));
             }
         }
+        let fanned = events
+            .iter()
+            .map(|e| EventAudit {
+                id: *e,
+                fanout_tasks: 2,
+                fanned_out_at: Some(Utc.timestamp_opt(100, 0).single().unwrap()),
+            })
+            .collect();
         Input {
             accepted: events,
             records,
             webhooks,
+            events: fanned,
             deliveries,
             attempts,
             max_attempts: 4,
@@ -435,6 +470,34 @@ mod tests {
         );
         assert_eq!(a.unexpected.len(), 1);
         assert!(!a.ok());
+    }
+
+    #[test]
+    fn a_pair_fan_out_left_out_is_expected_only_if_its_webhook_was_enabled_until_the_end() {
+        let mut input = clean();
+        let pair = input.deliveries[3].id;
+        input.records.retain(|r| r.delivery != pair.to_string());
+        input.deliveries.retain(|d| d.id != pair);
+        input.attempts.retain(|a| a.delivery != pair);
+        assert_eq!(
+            account(&input).lost.len(),
+            1,
+            "an active webhook's pair is lost"
+        );
+        input.webhooks[1].is_active = false;
+        input.webhooks[1].disabled_at = Some(Utc.timestamp_opt(500, 0).single().unwrap());
+        assert_eq!(
+            account(&input).lost.len(),
+            1,
+            "disabled after the fan-out ended"
+        );
+        input.webhooks[1].disabled_at = Some(Utc.timestamp_opt(50, 0).single().unwrap());
+        let a = account(&input);
+        assert!(
+            a.lost.is_empty() && a.not_fanned_out_disabled == 1,
+            "{}",
+            a.to_json()
+        );
     }
 
     #[test]

@@ -17,6 +17,15 @@ pub struct WebhookAudit {
     pub is_active: bool,
     pub consecutive_failures: i32,
     pub disabled_reason: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+/// One event's fan-out, as far as it went.
+#[derive(Debug, Clone)]
+pub struct EventAudit {
+    pub id: EventId,
+    pub fanout_tasks: i64,
+    pub fanned_out_at: Option<DateTime<Utc>>,
 }
 
 /// One delivery row: its pair, where it ended, and why it was skipped if it was.
@@ -65,7 +74,7 @@ impl Store {
         let client = self.pool.get().await?;
         let rows = client
             .query(
-                "SELECT id, url, is_active, consecutive_failures, disabled_reason
+                "SELECT id, url, is_active, consecutive_failures, disabled_reason, disabled_at
                  FROM webhooks WHERE deleted_at IS NULL ORDER BY id",
                 &[],
             )
@@ -78,6 +87,25 @@ impl Store {
                     is_active: r.try_get(2)?,
                     consecutive_failures: r.try_get(3)?,
                     disabled_reason: r.try_get(4)?,
+                    disabled_at: r.try_get(5)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every event, with how many tasks its fan-out published and when it ended.
+    #[tracing::instrument(skip_all)]
+    pub async fn audit_events(&self) -> Result<Vec<EventAudit>, StoreError> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query("SELECT id, fanout_tasks, fanned_out_at FROM events", &[])
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EventAudit {
+                    id: EventId::from_uuid(r.try_get(0)?),
+                    fanout_tasks: r.try_get(1)?,
+                    fanned_out_at: r.try_get(2)?,
                 })
             })
             .collect()

@@ -14,7 +14,7 @@ mod pool;
 mod seed;
 mod webhooks;
 
-pub use audit::{AttemptAudit, DeliveryAudit, WebhookAudit};
+pub use audit::{AttemptAudit, DeliveryAudit, EventAudit, WebhookAudit};
 pub use deliveries::{
     AttemptRecord, AttemptRow, DeliveryRecord, DeliveryStatus, DeliveryTarget, Disabled,
     RecordKind, Resend, ResendError,
