@@ -14,7 +14,8 @@
 //! pending, never missing), that its retry chain did not fork (two or more attempt numbers
 //! each seen more than once: a crash may repeat the one attempt in flight, a fork repeats a
 //! whole series), and for every webhook that its failure count and state are what its
-//! recorded attempts imply, taken in attempt-time order. Prints one JSON object; exits 1 when
+//! recorded attempts imply, taken in attempt-time order, and that the log calls no delivery
+//! succeeded that the receiver never answered 200. Prints one JSON object; exits 1 when
 //! any set is non-empty.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -86,6 +87,8 @@ pub struct Accounting {
     pub unfinished: Vec<String>,
     pub forks: Vec<String>,
     pub miscounted: Vec<String>,
+    /// Deliveries the log calls succeeded that the receiver never answered 200.
+    pub false_successes: Vec<String>,
     pub statuses: BTreeMap<String, usize>,
 }
 
@@ -98,6 +101,7 @@ impl Accounting {
             && self.unfinished.is_empty()
             && self.forks.is_empty()
             && self.miscounted.is_empty()
+            && self.false_successes.is_empty()
             && self.duplicate_accepted == 0
             && self.accepted > 0
     }
@@ -128,6 +132,8 @@ impl Accounting {
             "forks_sample": sample(&self.forks),
             "miscounted": self.miscounted.len(),
             "miscounted_sample": sample(&self.miscounted),
+            "false_successes": self.false_successes.len(),
+            "false_successes_sample": sample(&self.false_successes),
             "db_statuses": self.statuses,
             "ok": self.ok(),
         })
@@ -183,6 +189,7 @@ pub fn account(input: &Input) -> Accounting {
 
     // The receiver's side, per delivery: how often each attempt number arrived.
     let mut per_delivery: HashMap<DeliveryId, BTreeMap<u32, usize>> = HashMap::new();
+    let mut answered_ok: HashSet<&str> = HashSet::new();
     let mut distinct_attempts = HashSet::new();
     out.requests = input.records.len();
     let mut unexpected = Vec::new();
@@ -191,6 +198,9 @@ pub fn account(input: &Input) -> Accounting {
             out.bad_signatures += 1;
         }
         distinct_attempts.insert((r.delivery.as_str(), r.attempt));
+        if r.answer == "200" {
+            answered_ok.insert(r.delivery.as_str());
+        }
         match r.delivery.parse::<DeliveryId>() {
             Ok(id) => {
                 *per_delivery
@@ -271,6 +281,13 @@ pub fn account(input: &Input) -> Accounting {
                 .push(format!("{} attempts seen {counts:?}", label()));
         }
     }
+    for d in &input.deliveries {
+        if d.status == DeliveryStatus::Succeeded && !answered_ok.contains(d.id.to_string().as_str())
+        {
+            out.false_successes.push(name(d.event, d.webhook));
+        }
+    }
+    out.false_successes.sort();
     for a in &input.attempts {
         if a.attempt < 1 || a.attempt as u32 > input.max_attempts {
             out.bad_attempts
@@ -511,6 +528,15 @@ mod tests {
         input.records.push(record(0, id, 2, "500"));
         let a = account(&input);
         assert_eq!(a.forks.len(), 1, "{}", a.to_json());
+    }
+
+    #[test]
+    fn a_success_in_the_log_that_no_receiver_answered_is_reported() {
+        let mut input = clean();
+        input.records[0].answer = "500".to_owned();
+        let a = account(&input);
+        assert_eq!(a.false_successes.len(), 1, "{}", a.to_json());
+        assert!(!a.ok());
     }
 
     #[test]

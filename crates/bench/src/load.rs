@@ -93,14 +93,14 @@ async fn publish(
 ) -> anyhow::Result<String> {
     match publish_with_id(client, gateway, key, event, None).await {
         Ok(id) => Ok(id),
-        Err(Refused::Retry(e) | Refused::Fatal(e)) => Err(e),
+        Err(Refused::Retry(e, _) | Refused::Fatal(e)) => Err(e),
     }
 }
 
-/// Why a publish was not accepted: worth sending again with the same id (503, a timeout, a
-/// connection error), or not (any other answer).
+/// Why a publish was not accepted: worth sending again with the same id (a 5xx, a timeout,
+/// a connection error; with the status when there was one), or not (any other answer).
 enum Refused {
-    Retry(anyhow::Error),
+    Retry(anyhow::Error, Option<u16>),
     Fatal(anyhow::Error),
 }
 
@@ -122,13 +122,15 @@ async fn publish_with_id(
         .json(&body)
         .send()
         .await
-        .map_err(|e| Refused::Retry(e.into()))?;
+        .map_err(|e| Refused::Retry(e.into(), None))?;
     let status = response.status();
     if status != 202 {
         let text = response.text().await.unwrap_or_default();
         let e = anyhow::anyhow!("publish answered {status}: {text}");
-        return Err(if status == 503 || status == 504 {
-            Refused::Retry(e)
+        // The event id is the producer's, so sending again after any 5xx is safe: the same
+        // event is accepted at most once.
+        return Err(if status.is_server_error() {
+            Refused::Retry(e, Some(status.as_u16()))
         } else {
             Refused::Fatal(e)
         });
@@ -136,7 +138,7 @@ async fn publish_with_id(
     let body: Value = response
         .json()
         .await
-        .map_err(|e| Refused::Retry(e.into()))?;
+        .map_err(|e| Refused::Retry(e.into(), None))?;
     Ok(body["id"].as_str().unwrap_or_default().to_owned())
 }
 
@@ -380,8 +382,8 @@ pub struct PublishArgs {
 }
 
 /// Publishes `count` events like a careful producer: each one has its own producer id and is
-/// sent again with that id until the gateway accepts it (202); a refusal is never counted as
-/// accepted. The accepted ids are the ones the gateway answered, and must be the ids derived
+/// sent again with that id after a 5xx, a timeout or a connection error until the gateway
+/// accepts it (202); a refusal is never counted as accepted, and any 4xx ends the run. The accepted ids are the ones the gateway answered, and must be the ids derived
 /// from the producer ids (checked). Prints `{"accepted", "refusals"}`.
 pub async fn publish_many(args: PublishArgs) -> anyhow::Result<()> {
     use std::io::Write;
@@ -396,6 +398,9 @@ pub async fn publish_many(args: PublishArgs) -> anyhow::Result<()> {
         None => None,
     };
     let (mut accepted, mut refusals) = (0u64, 0u64);
+    // Refusals by status ("503", "500", "none" for timeouts and connection errors): a 500 is
+    // not a 503, and the harness shows which the gateway answered during an outage.
+    let mut by_status: std::collections::BTreeMap<String, u64> = Default::default();
     for n in 0..args.count {
         let source = format!("{}-{n}", args.id_prefix);
         let expected = EventId::from_source_id(&source)
@@ -424,18 +429,24 @@ pub async fn publish_many(args: PublishArgs) -> anyhow::Result<()> {
                     }
                     break;
                 }
-                Err(Refused::Retry(_)) if Instant::now() < deadline => {
+                Err(Refused::Retry(_, status)) if Instant::now() < deadline => {
                     refusals += 1;
+                    *by_status
+                        .entry(status.map_or_else(|| "none".to_owned(), |s| s.to_string()))
+                        .or_default() += 1;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(Refused::Retry(e) | Refused::Fatal(e)) => {
+                Err(Refused::Retry(e, _) | Refused::Fatal(e)) => {
                     return Err(e.context(format!("{source}, after {accepted} accepted")));
                 }
             }
         }
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
-    println!("{}", json!({"accepted": accepted, "refusals": refusals}));
+    println!(
+        "{}",
+        json!({"accepted": accepted, "refusals": refusals, "refused_with": by_status})
+    );
     Ok(())
 }
 
