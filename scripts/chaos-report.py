@@ -44,8 +44,9 @@ def row(argv):
             fails.append(f"{n} {what}" + (": " + ", ".join(sample) if sample else ""))
     if acc and not acc.get("accepted"):
         fails.append("no event accepted")
-    landed = bool(evidence)
-    if not landed:
+    # Landed: evidence recorded, and no part of the fault reported that it missed.
+    landed = bool(evidence) and not any(f.startswith("fault did not land") for f in fails)
+    if not evidence:
         fails.append("no evidence that the fault landed")
     print(json.dumps({
         "scenario": name,

@@ -10,6 +10,7 @@
 //! * `publish` — a careful producer with its own event ids; writes the accepted ids.
 //! * `account` — the chaos harness's accounting by sets (see `account.rs`).
 //! * `retry-exchange` — deletes or declares the retry exchange, a broker-side fault.
+//! * `wait-retrying` — until retries wait in the retry queues and attempts are in flight.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
@@ -50,6 +51,8 @@ enum Command {
     Account(account::Args),
     /// Delete or declare the retry exchange (the publisher-channel-closed fault).
     RetryExchange(faults::RetryExchangeArgs),
+    /// Wait until retries wait in the retry queues while attempts are in flight.
+    WaitRetrying(faults::WaitRetryingArgs),
 }
 
 #[tokio::main]
@@ -65,5 +68,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Resources(args) => resources::run(args).await,
         Command::Account(args) => account::run(args).await,
         Command::RetryExchange(args) => faults::retry_exchange(args).await,
+        Command::WaitRetrying(args) => faults::wait_retrying(args).await,
     }
 }
