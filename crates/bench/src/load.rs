@@ -91,20 +91,54 @@ async fn publish(
     key: &str,
     event: EventType,
 ) -> anyhow::Result<String> {
+    match publish_with_id(client, gateway, key, event, None).await {
+        Ok(id) => Ok(id),
+        Err(Refused::Retry(e, _) | Refused::Fatal(e)) => Err(e),
+    }
+}
+
+/// Why a publish was not accepted: worth sending again with the same id (a 5xx, a timeout,
+/// a connection error; with the status when there was one), or not (any other answer).
+enum Refused {
+    Retry(anyhow::Error, Option<u16>),
+    Fatal(anyhow::Error),
+}
+
+/// Publishes one event, with the producer's own `id` when given; returns the gateway's id.
+async fn publish_with_id(
+    client: &reqwest::Client,
+    gateway: &str,
+    key: &str,
+    event: EventType,
+    id: Option<&str>,
+) -> Result<String, Refused> {
+    let mut body = json!({"event": event.as_str(), "data": event.sample_data()});
+    if let Some(id) = id {
+        body["id"] = json!(id);
+    }
     let response = client
         .post(format!("{gateway}/v1/events"))
         .header("X-API-Key", key)
-        .json(&json!({"event": event.as_str(), "data": event.sample_data()}))
+        .json(&body)
         .send()
-        .await?;
-    if response.status() != 202 {
-        bail!(
-            "publish answered {}: {}",
-            response.status(),
-            response.text().await?
-        );
+        .await
+        .map_err(|e| Refused::Retry(e.into(), None))?;
+    let status = response.status();
+    if status != 202 {
+        let text = response.text().await.unwrap_or_default();
+        let e = anyhow::anyhow!("publish answered {status}: {text}");
+        // The event id is the producer's, so sending again after any 5xx is safe: the same
+        // event is accepted at most once.
+        return Err(if status.is_server_error() {
+            Refused::Retry(e, Some(status.as_u16()))
+        } else {
+            Refused::Fatal(e)
+        });
     }
-    let body: Value = response.json().await?;
+    let body: Value = response
+        .json()
+        .await
+        .map_err(|e| Refused::Retry(e.into(), None))?;
     Ok(body["id"].as_str().unwrap_or_default().to_owned())
 }
 
@@ -334,35 +368,85 @@ pub struct PublishArgs {
     /// Give up on one event after this long of refusals (503 while a dependency is down).
     #[arg(long, default_value_t = 120)]
     patience_seconds: u64,
+    /// Event n is published with the producer id `<id-prefix>-<n>`, and sent again with the
+    /// same id after a 503, a timeout or a connection error, so an event that was stored
+    /// although its answer was lost is still one event.
+    #[arg(long, default_value = "bench")]
+    id_prefix: String,
+    /// Where to write the ids of the accepted events, one a line, as each is accepted.
+    #[arg(long)]
+    accepted_file: Option<std::path::PathBuf>,
+    /// How long one request may take before it counts as a timeout.
+    #[arg(long, default_value_t = 20)]
+    request_timeout_seconds: u64,
 }
 
-/// Publishes `count` events like a careful producer: each one is retried until the gateway
-/// accepts it (202); a refusal (503, a connection error) is never counted as accepted. Prints
-/// `{"accepted", "refusals"}`.
+/// Publishes `count` events like a careful producer: each one has its own producer id and is
+/// sent again with that id after a 5xx, a timeout or a connection error until the gateway
+/// accepts it (202); a refusal is never counted as accepted, and any 4xx ends the run. The accepted ids are the ones the gateway answered, and must be the ids derived
+/// from the producer ids (checked). Prints `{"accepted", "refusals"}`.
 pub async fn publish_many(args: PublishArgs) -> anyhow::Result<()> {
+    use std::io::Write;
     let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
+        .timeout(Duration::from_secs(args.request_timeout_seconds))
         .build()?;
     let event: EventType = args.event.parse()?;
+    let mut file = match &args.accepted_file {
+        Some(path) => Some(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        ),
+        None => None,
+    };
     let (mut accepted, mut refusals) = (0u64, 0u64);
-    for _ in 0..args.count {
+    // Refusals by status ("503", "500", "none" for timeouts and connection errors): a 500 is
+    // not a 503, and the harness shows which the gateway answered during an outage.
+    let mut by_status: std::collections::BTreeMap<String, u64> = Default::default();
+    for n in 0..args.count {
+        let source = format!("{}-{n}", args.id_prefix);
+        let expected = EventId::from_source_id(&source)
+            .map_err(|e| anyhow::anyhow!("producer id {source}: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(args.patience_seconds);
         loop {
-            match publish(&client, &args.gateway, &args.producer_key, event).await {
-                Ok(_) => {
+            match publish_with_id(
+                &client,
+                &args.gateway,
+                &args.producer_key,
+                event,
+                Some(&source),
+            )
+            .await
+            {
+                Ok(id) => {
+                    if id != expected.to_string() {
+                        bail!(
+                            "the gateway answered id {id} for producer id {source}, not {expected}"
+                        );
+                    }
                     accepted += 1;
+                    if let Some(f) = file.as_mut() {
+                        writeln!(f, "{id}")?;
+                        f.flush()?;
+                    }
                     break;
                 }
-                Err(_) if Instant::now() < deadline => {
+                Err(Refused::Retry(_, status)) if Instant::now() < deadline => {
                     refusals += 1;
+                    *by_status
+                        .entry(status.map_or_else(|| "none".to_owned(), |s| s.to_string()))
+                        .or_default() += 1;
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(e) => return Err(e.context(format!("after {accepted} accepted"))),
+                Err(Refused::Retry(e, _) | Refused::Fatal(e)) => {
+                    return Err(e.context(format!("{source}, after {accepted} accepted")));
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
     }
-    println!("{}", json!({"accepted": accepted, "refusals": refusals}));
+    println!(
+        "{}",
+        json!({"accepted": accepted, "refusals": refusals, "refused_with": by_status})
+    );
     Ok(())
 }
 

@@ -7,6 +7,10 @@
 //! * `seed` — many webhooks at once, straight into PostgreSQL, all with one secret.
 //! * `burst`, `sustained` — publish through the gateway and measure.
 //! * `resources` — peak RSS and CPU seconds of processes while a command runs.
+//! * `publish` — a careful producer with its own event ids; writes the accepted ids.
+//! * `account` — the chaos harness's accounting by sets (see `account.rs`).
+//! * `retry-exchange` — deletes or declares the retry exchange, a broker-side fault.
+//! * `wait-retrying` — until retries wait in the retry queues and attempts are in flight.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout)]
 
@@ -14,6 +18,8 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod account;
+mod faults;
 mod load;
 mod receiver;
 mod resources;
@@ -41,6 +47,12 @@ enum Command {
     /// Wait for the receiver to count deliveries; print its counters.
     Wait(load::WaitArgs),
     Resources(resources::Args),
+    /// Account by sets: accepted events x webhooks against the receiver's records and the log.
+    Account(account::Args),
+    /// Delete or declare the retry exchange (the publisher-channel-closed fault).
+    RetryExchange(faults::RetryExchangeArgs),
+    /// Wait until retries wait in the retry queues while attempts are in flight.
+    WaitRetrying(faults::WaitRetryingArgs),
 }
 
 #[tokio::main]
@@ -54,5 +66,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Publish(args) => load::publish_many(args).await,
         Command::Wait(args) => load::wait(args).await,
         Command::Resources(args) => resources::run(args).await,
+        Command::Account(args) => account::run(args).await,
+        Command::RetryExchange(args) => faults::retry_exchange(args).await,
+        Command::WaitRetrying(args) => faults::wait_retrying(args).await,
     }
 }

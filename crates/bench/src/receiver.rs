@@ -2,7 +2,14 @@
 //!
 //! Endpoints are `/hook/{n}`: with `--hang-percent H --fail-percent F`, endpoint `n` hangs
 //! (never answers) when `n % 100 < H`, answers 500 when `H <= n % 100 < H + F`, and answers
-//! 200 otherwise, so a run knows exactly which deliveries must arrive.
+//! 200 otherwise, so a run knows exactly which deliveries must arrive. With `--mix` the
+//! behaviour of endpoint `n` is instead [`Behaviour::of`]`(n)`: mostly 200, some failing
+//! their first one or two attempts, some always failing, some hanging past the delivery
+//! timeout (the fault harness's receivers).
+//!
+//! Besides its counters the receiver keeps a record of every request (endpoint, delivery id,
+//! attempt number, what it answered), served as JSON lines by `GET /records`: the harness
+//! accounts by sets from those records, not from counters.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -47,6 +54,62 @@ pub struct Args {
     hang_percent: u64,
     #[arg(long, default_value_t = 0)]
     fail_percent: u64,
+    /// Endpoint n behaves as `Behaviour::of(n)` (overrides the percentages).
+    #[arg(long)]
+    mix: bool,
+    /// How long a hanging endpoint of the mix holds a request (past the delivery timeout).
+    #[arg(long, default_value_t = 3.0)]
+    hang_seconds: f64,
+    /// Endpoint n answers 200 without keeping a record: a deliberate loss, to show that the
+    /// accounting catches one.
+    #[arg(long)]
+    forget_endpoint: Option<u64>,
+}
+
+/// What one endpoint of the mix does; a pure function of its number, so the harness knows
+/// what each one did without asking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// 200 every time.
+    Ok,
+    /// 500 on the first `n` attempts of each delivery, 200 after.
+    FailFirst(u32),
+    /// 500 on every attempt: the webhook ends disabled.
+    AlwaysFail,
+    /// Never answers within the delivery timeout: the attempt times out.
+    Hang,
+}
+
+impl Behaviour {
+    /// Of every 40 endpoints: 2 fail the first attempt, 2 the first two, 2 always fail,
+    /// 1 hangs, 33 answer 200.
+    pub fn of(n: u64) -> Self {
+        match n % 40 {
+            0 | 20 => Behaviour::FailFirst(1),
+            1 | 21 => Behaviour::FailFirst(2),
+            2 | 22 => Behaviour::AlwaysFail,
+            3 => Behaviour::Hang,
+            _ => Behaviour::Ok,
+        }
+    }
+}
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Record {
+    /// The endpoint's number (`/hook/{n}`).
+    pub n: u64,
+    /// `X-AIOKA-Delivery` (or `webhook-id` when that is missing).
+    pub delivery: String,
+    /// `x-aioka-attempt`; 0 when missing or not a number.
+    pub attempt: u32,
+    /// The status answered, or "hung".
+    pub answer: String,
+    /// The signature did not verify.
+    #[serde(default)]
+    pub bad_signature: bool,
+    /// Milliseconds since the epoch at arrival.
+    pub ms: u64,
 }
 
 #[derive(Debug, Default)]
@@ -73,8 +136,12 @@ struct Shared {
     close: bool,
     hang_percent: u64,
     fail_percent: u64,
+    mix: bool,
+    hang: Duration,
+    forget_endpoint: Option<u64>,
     counters: Counters,
     seen: Mutex<Seen>,
+    records: Mutex<Vec<Record>>,
 }
 
 fn fresh_seen() -> Seen {
@@ -145,8 +212,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         close: args.close,
         hang_percent: args.hang_percent,
         fail_percent: args.fail_percent,
+        mix: args.mix,
+        hang: Duration::from_secs_f64(args.hang_seconds.max(0.0)),
+        forget_endpoint: args.forget_endpoint,
         counters: Counters::default(),
         seen: Mutex::new(fresh_seen()),
+        records: Mutex::new(Vec::new()),
     });
     let config = tls(&args.ca_dir).await?;
     let hooks = Router::new()
@@ -154,6 +225,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_state(shared.clone());
     let stats = Router::new()
         .route("/stats", get(stats))
+        .route("/records", get(records))
         .route("/reset", post(reset))
         .with_state(shared);
     let stats_listener = tokio::net::TcpListener::bind(args.stats).await?;
@@ -187,6 +259,9 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if shared.mix {
+        return receive_mix(&shared, n, &headers, &body).await;
+    }
     let c = &shared.counters;
     c.requests.fetch_add(1, Ordering::Relaxed);
     let class = n % 100;
@@ -208,13 +283,32 @@ async fn receive(
         c.failed.fetch_add(1, Ordering::Relaxed);
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();
     }
-    let delivery = headers
-        .get("x-aioka-delivery")
+    let delivery = header_text(&headers, "x-aioka-delivery").to_owned();
+    count_arrival(&shared, delivery, &body);
+    ok_response(&shared)
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
-        .to_owned();
+}
+
+fn ok_response(shared: &Shared) -> Response {
+    let mut response = StatusCode::OK.into_response();
+    if shared.close {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Counts a 200: distinct by delivery id, latency of first arrivals.
+fn count_arrival(shared: &Shared, delivery: String, body: &[u8]) {
     let now = now_ms();
-    let latency_us = event_time_ms(&body).map(|t| now.saturating_sub(t) * 1000);
+    let latency_us = event_time_ms(body).map(|t| now.saturating_sub(t) * 1000);
     if let Ok(mut seen) = shared.seen.lock() {
         if seen.deliveries.insert(delivery) {
             seen.first_ms.get_or_insert(now);
@@ -226,13 +320,67 @@ async fn receive(
             seen.duplicates += 1;
         }
     }
-    let mut response = StatusCode::OK.into_response();
-    if shared.close {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// The harness's receiver: endpoint `n` behaves as `Behaviour::of(n)`, and every request is
+/// recorded before it is answered (a hang is recorded as "hung" when it arrives, since the
+/// delivery service gives up on it before any answer).
+async fn receive_mix(shared: &Shared, n: u64, headers: &HeaderMap, body: &[u8]) -> Response {
+    let c = &shared.counters;
+    c.requests.fetch_add(1, Ordering::Relaxed);
+    let mut delivery = header_text(headers, "x-aioka-delivery");
+    if delivery.is_empty() {
+        delivery = header_text(headers, "webhook-id");
     }
-    response
+    let delivery = delivery.to_owned();
+    let attempt = header_text(headers, "x-aioka-attempt")
+        .parse::<u32>()
+        .unwrap_or(0);
+    let signature = header_text(headers, "x-aioka-signature");
+    let bad_signature = !verify_aioka_signature(&shared.secret, body, signature);
+    let behaviour = Behaviour::of(n);
+    let status = if bad_signature {
+        c.bad_signatures.fetch_add(1, Ordering::Relaxed);
+        Some(StatusCode::UNAUTHORIZED)
+    } else {
+        match behaviour {
+            Behaviour::Ok => Some(StatusCode::OK),
+            Behaviour::FailFirst(k) if attempt > k => Some(StatusCode::OK),
+            Behaviour::FailFirst(_) | Behaviour::AlwaysFail => {
+                c.failed.fetch_add(1, Ordering::Relaxed);
+                Some(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            Behaviour::Hang => {
+                c.hung.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    };
+    let forget = shared.forget_endpoint == Some(n);
+    if !forget && let Ok(mut records) = shared.records.lock() {
+        records.push(Record {
+            n,
+            delivery: delivery.clone(),
+            attempt,
+            answer: status.map_or_else(|| "hung".to_owned(), |s| s.as_u16().to_string()),
+            bad_signature,
+            ms: now_ms(),
+        });
+    }
+    match status {
+        Some(StatusCode::OK) => {
+            if !forget {
+                count_arrival(shared, delivery, body);
+            }
+            ok_response(shared)
+        }
+        Some(other) => other.into_response(),
+        None => {
+            // Past the delivery timeout: the attempt times out and the client goes away.
+            tokio::time::sleep(shared.hang).await;
+            StatusCode::GATEWAY_TIMEOUT.into_response()
+        }
+    }
 }
 
 /// The envelope's `timestamp` (stamped by the gateway at ingest) in ms since the epoch.
@@ -271,6 +419,21 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
     .into_response()
 }
 
+/// Every request recorded so far, one JSON object a line.
+async fn records(State(shared): State<Arc<Shared>>) -> Response {
+    let Ok(records) = shared.records.lock() else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let mut out = String::with_capacity(records.len() * 120);
+    for r in records.iter() {
+        if let Ok(line) = serde_json::to_string(r) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], out).into_response()
+}
+
 async fn reset(State(shared): State<Arc<Shared>>) -> StatusCode {
     let c = &shared.counters;
     for counter in [&c.requests, &c.bad_signatures, &c.hung, &c.failed] {
@@ -278,6 +441,9 @@ async fn reset(State(shared): State<Arc<Shared>>) -> StatusCode {
     }
     if let Ok(mut seen) = shared.seen.lock() {
         *seen = fresh_seen();
+    }
+    if let Ok(mut records) = shared.records.lock() {
+        records.clear();
     }
     StatusCode::NO_CONTENT
 }

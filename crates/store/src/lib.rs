@@ -4,6 +4,7 @@
 //! types say what it reads and writes. Rows become `aioka_core` types at this boundary.
 #![forbid(unsafe_code)]
 
+mod audit;
 mod deliveries;
 mod error;
 mod events;
@@ -13,6 +14,7 @@ mod pool;
 mod seed;
 mod webhooks;
 
+pub use audit::{AttemptAudit, DeliveryAudit, EventAudit, WebhookAudit};
 pub use deliveries::{
     AttemptRecord, AttemptRow, BatchWritten, ChainState, DeliveryRecord, DeliveryStatus,
     DeliveryTarget, Disabled, RecordKind, RecordedAttempt, Resend, ResendError,
