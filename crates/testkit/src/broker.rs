@@ -54,7 +54,10 @@ impl TestBroker {
         let name = format!("{}-{}", self.prefix, role.as_str());
         let password = crate::unique("pw");
         rabbitmqctl(&["-q", "add_user", &name, &password]);
-        self.users.lock().unwrap().push(name.clone());
+        self.users
+            .lock()
+            .expect("the users list")
+            .push(name.clone());
         let p = permissions(&self.topology(), role);
         rabbitmqctl(&[
             "-q",
@@ -66,7 +69,7 @@ impl TestBroker {
             &p.write,
             &p.read,
         ]);
-        let (scheme, rest) = self.url.split_once("://").unwrap();
+        let (scheme, rest) = self.url.split_once("://").expect("an AMQP URL");
         let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
         format!("{scheme}://{name}:{password}@{host}")
     }
