@@ -295,14 +295,24 @@ pub fn account(input: &Input) -> Accounting {
         }
     }
 
-    // The failure count and the disable rule, replayed in attempt-time order per webhook.
+    // The failure count and the disable rule, replayed per webhook in the order its records
+    // were applied (recorded_at, written under the webhook's row lock), each outcome placed by
+    // its attempt's start time: a failure that started before a success already applied does
+    // not count, a success resets only the failures that started before it, and ten counted
+    // failures disable. Any count a crash, a duplicate record or a race added or lost shows
+    // as a difference from this replay. The longest run in plain start-time order is shown
+    // alongside.
+    let rule = aioka_core::disable::DisableRule {
+        threshold: input.disable_after,
+    };
     let mut by_hook: HashMap<WebhookId, Vec<&AttemptAudit>> = HashMap::new();
     for a in &input.attempts {
         by_hook.entry(a.webhook).or_default().push(a);
     }
     for w in &input.webhooks {
+        let attempts = by_hook.get(&w.id).map(Vec::as_slice).unwrap_or_default();
         let (mut trailing, mut longest) = (0u32, 0u32);
-        for a in by_hook.get(&w.id).map(Vec::as_slice).unwrap_or_default() {
+        for a in attempts {
             if a.succeeded() {
                 trailing = 0;
             } else {
@@ -310,15 +320,29 @@ pub fn account(input: &Input) -> Accounting {
                 longest = longest.max(trailing);
             }
         }
-        let disabled = longest >= input.disable_after;
-        if i64::from(w.consecutive_failures) != i64::from(trailing) || w.is_active == disabled {
+        let mut applied: Vec<&&AttemptAudit> = attempts.iter().collect();
+        applied.sort_by_key(|a| (a.recorded_at, a.attempted_at, a.delivery, a.attempt));
+        let mut history = aioka_core::disable::FailureHistory::default();
+        let mut disabled = false;
+        for a in applied {
+            let outcome = if a.succeeded() {
+                aioka_core::disable::Outcome::Success
+            } else {
+                aioka_core::disable::Outcome::Failure
+            };
+            let state = rule.apply(&history, &[(a.attempted_at, outcome)]);
+            disabled |= state.disable.is_some();
+            history = state.history;
+        }
+        let count = history.consecutive_failures();
+        if i64::from(w.consecutive_failures) != i64::from(count) || w.is_active == disabled {
             out.miscounted.push(format!(
-                "{} /hook/{}: log says consecutive_failures {} active {}; its attempts imply {} and {} (longest failure run {})",
+                "{} /hook/{}: log says consecutive_failures {} active {}; its attempts, replayed as applied, imply {} and {} (longest failure run in start order {})",
                 w.id,
                 endpoint(&w.url),
                 w.consecutive_failures,
                 w.is_active,
-                trailing,
+                count,
                 if disabled { "disabled" } else { "active" },
                 longest,
             ));
@@ -417,6 +441,8 @@ mod tests {
             attempted_at: Utc.timestamp_opt(at, 0).single().unwrap(),
             status_code: Some(code),
             error_kind: None,
+            // Applied in the order they started, as a single writer would.
+            recorded_at: Utc.timestamp_opt(at, 0).single(),
         }
     }
 
@@ -565,6 +591,27 @@ mod tests {
         assert!(account(&input).ok());
         // The log says 0 (as if the 500 were counted before a later-committed 200).
         input.webhooks[0].consecutive_failures = 0;
+        assert_eq!(account(&input).miscounted.len(), 1);
+    }
+
+    #[test]
+    fn the_rule_is_replayed_in_the_order_records_were_applied() {
+        let mut input = clean();
+        let w = input.webhooks[0].id;
+        let d = input.deliveries[0].id;
+        // A 500 that started at t=10, applied only after a 200 that started at t=11: it was
+        // in flight when a later attempt succeeded, so it does not count.
+        let mut late = attempt(d, w, 2, 10, 500);
+        late.recorded_at = Utc.timestamp_opt(20, 0).single();
+        let mut success = attempt(d, w, 3, 11, 200);
+        success.recorded_at = Utc.timestamp_opt(15, 0).single();
+        input.attempts.push(late);
+        input.attempts.push(success);
+        input.webhooks[0].consecutive_failures = 0;
+        assert!(account(&input).ok(), "{}", account(&input).to_json());
+        // Applied in start order instead, the 500 would have been reset by the 200 anyway;
+        // but a log that counted it is wrong either way.
+        input.webhooks[0].consecutive_failures = 1;
         assert_eq!(account(&input).miscounted.len(), 1);
     }
 

@@ -16,7 +16,7 @@ use aioka_queue::{
 };
 use aioka_runtime::Health;
 use aioka_store::{AttemptRecord, ChainState, RecordKind, Store};
-use chrono::Utc;
+use chrono::{Timelike, Utc};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -235,8 +235,13 @@ impl Worker {
             }
         };
 
-        // The attempt's time is when it started: the log orders and shows attempts by it.
-        let at = Utc::now();
+        // The attempt's time is when it started: the log orders and shows attempts by it, and
+        // the disable rule orders outcomes by it. PostgreSQL keeps microseconds: so does the
+        // rule, or an outcome could compare differently in memory than in the log.
+        let now = Utc::now();
+        let at = now
+            .with_nanosecond(now.nanosecond() / 1_000 * 1_000)
+            .unwrap_or(now);
         let result = self.sender.send(url, &task, secret).await;
         metrics::counter!(
             "aioka_delivery_attempts_total",

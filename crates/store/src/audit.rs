@@ -48,6 +48,8 @@ pub struct AttemptAudit {
     pub attempted_at: DateTime<Utc>,
     pub status_code: Option<i32>,
     pub error_kind: Option<String>,
+    /// When its row was written (under the webhook's lock): the order the disable rule saw it.
+    pub recorded_at: Option<DateTime<Utc>>,
 }
 
 impl AttemptAudit {
@@ -144,7 +146,7 @@ impl Store {
         let rows = client
             .query(
                 "SELECT a.delivery_id, d.webhook_id, a.attempt, a.attempted_at, a.status_code,
-                        a.error_kind
+                        a.error_kind, a.recorded_at
                  FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
                  ORDER BY d.webhook_id, a.attempted_at, a.delivery_id, a.attempt",
                 &[],
@@ -159,6 +161,7 @@ impl Store {
                     attempted_at: r.try_get(3)?,
                     status_code: r.try_get(4)?,
                     error_kind: r.try_get(5)?,
+                    recorded_at: r.try_get(6)?,
                 })
             })
             .collect()

@@ -256,6 +256,10 @@ impl Store {
     ) -> Result<BatchWritten, StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        // The webhooks' rows are locked first, in id order (no deadlock between writers), so
+        // batches touching one webhook apply in the order their attempt rows get their
+        // `recorded_at`: the log shows the order the disable rule saw them in.
+        let histories = lock_webhooks(&tx, records).await?;
         let stored = insert_attempts(&tx, records).await?;
         // A record is fresh if its insert took effect; of two records of one attempt in the
         // same batch only the first is.
@@ -276,7 +280,7 @@ impl Store {
             .filter_map(|(r, f)| f.then_some(r))
             .collect();
         upsert_deliveries(&tx, &counted).await?;
-        let disabled = count_failures(&tx, &counted, rule).await?;
+        let disabled = count_failures(&tx, &counted, histories, rule).await?;
         tx.commit().await?;
         Ok(BatchWritten { disabled, fresh })
     }
@@ -682,12 +686,59 @@ async fn upsert_deliveries(
     Ok(())
 }
 
+/// A webhook's row as the disable rule needs it.
+struct Locked {
+    active: bool,
+    history: FailureHistory<DateTime<Utc>>,
+}
+
+/// Locks the rows of every webhook `records` attempted (skips change no count), in id order,
+/// and reads their failure histories.
+async fn lock_webhooks(
+    tx: &tokio_postgres::Transaction<'_>,
+    records: &[AttemptRecord],
+) -> Result<HashMap<WebhookId, Locked>, StoreError> {
+    let mut ids: Vec<Uuid> = records
+        .iter()
+        .filter(|r| matches!(r.kind, RecordKind::Attempt { .. }))
+        .map(|r| r.webhook_id.as_uuid())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = tx
+        .query(
+            "SELECT id, is_active, failures_counted_since, failure_times FROM webhooks
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            &[&ids],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                WebhookId::from_uuid(row.try_get(0)?),
+                Locked {
+                    active: row.try_get(1)?,
+                    history: FailureHistory {
+                        counted_since: row.try_get(2)?,
+                        failures: row.try_get(3)?,
+                    },
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Applies the outcomes of the new attempts in `records` to their webhooks' failure
-/// histories, in the order the attempts started (the rule: [`DisableRule::apply`]), and
-/// disables the webhooks that reached the threshold. Returns those.
+/// histories (locked by [`lock_webhooks`]), in the order the attempts started (the rule:
+/// [`DisableRule::apply`]), and disables the webhooks that reached the threshold. Writes
+/// only the rows whose history changed; returns the webhooks it disabled.
 async fn count_failures(
     tx: &tokio_postgres::Transaction<'_>,
     records: &[&AttemptRecord],
+    histories: HashMap<WebhookId, Locked>,
     rule: DisableRule,
 ) -> Result<Vec<Disabled>, StoreError> {
     let mut outcomes: HashMap<WebhookId, Timed> = HashMap::new();
@@ -699,24 +750,6 @@ async fn count_failures(
                 .push((r.at, outcome));
         }
     }
-    let (clean, mixed): (Vec<_>, Vec<_>) = outcomes
-        .into_iter()
-        .partition(|(_, o)| o.iter().all(|(_, x)| *x == Outcome::Success));
-    reset_after_successes(tx, &clean).await?;
-    if mixed.is_empty() {
-        return Ok(Vec::new());
-    }
-
-    // Webhooks with a failure: lock in id order (no deadlock between pods), apply the rule.
-    let mixed: HashMap<WebhookId, Timed> = mixed.into_iter().collect();
-    let ids: Vec<Uuid> = mixed.keys().map(|w| w.as_uuid()).collect();
-    let rows = tx
-        .query(
-            "SELECT id, is_active, failures_counted_since, failure_times FROM webhooks
-             WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&ids],
-        )
-        .await?;
     let mut disabled = Vec::new();
     let mut u_id = Vec::new();
     let mut u_since: Vec<Option<DateTime<Utc>>> = Vec::new();
@@ -724,22 +757,21 @@ async fn count_failures(
     let mut u_count = Vec::new();
     let mut u_disable = Vec::new();
     let mut u_reason: Vec<Option<String>> = Vec::new();
-    for row in rows {
-        let id = WebhookId::from_uuid(row.try_get(0)?);
-        let active: bool = row.try_get(1)?;
-        let history = FailureHistory {
-            counted_since: row.try_get(2)?,
-            failures: row.try_get(3)?,
+    let mut ids: Vec<&WebhookId> = outcomes.keys().collect();
+    ids.sort();
+    for id in ids {
+        let Some(locked) = histories.get(id) else {
+            continue;
         };
-        let state = rule.apply(
-            &history,
-            mixed.get(&id).map(Vec::as_slice).unwrap_or_default(),
-        );
-        let disable = active && state.disable.is_some();
+        let state = rule.apply(&locked.history, &outcomes[id]);
+        let disable = locked.active && state.disable.is_some();
+        if state.history == locked.history && !disable {
+            continue;
+        }
         let reason = state.disable.as_ref().map(DisableReason::describe);
         if disable {
             disabled.push(Disabled {
-                webhook_id: id,
+                webhook_id: *id,
                 reason: reason.clone().unwrap_or_default(),
             });
         }
@@ -749,6 +781,9 @@ async fn count_failures(
         u_times.push(timestamps_literal(&state.history.failures));
         u_disable.push(disable);
         u_reason.push(reason);
+    }
+    if u_id.is_empty() {
+        return Ok(disabled);
     }
     // unnest cannot take an array of arrays of differing lengths: each history travels as
     // an array literal and is cast back.
@@ -768,39 +803,6 @@ async fn count_failures(
     )
     .await?;
     Ok(disabled)
-}
-
-/// Webhooks whose new attempts all succeeded: their latest success becomes the point from
-/// which failures count, dropping the failures that started before it. One statement, no
-/// explicit lock (the update locks each row and re-checks the condition on a concurrent
-/// change); a success older than the counted one changes nothing.
-async fn reset_after_successes(
-    tx: &tokio_postgres::Transaction<'_>,
-    clean: &[(WebhookId, Timed)],
-) -> Result<(), StoreError> {
-    if clean.is_empty() {
-        return Ok(());
-    }
-    let mut pairs: Vec<(Uuid, DateTime<Utc>)> = clean
-        .iter()
-        .filter_map(|(w, o)| o.iter().map(|(t, _)| *t).max().map(|t| (w.as_uuid(), t)))
-        .collect();
-    pairs.sort();
-    let (ids, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = pairs.into_iter().unzip();
-    tx.execute(
-        "UPDATE webhooks AS w SET
-             failures_counted_since = u.at,
-             failure_times = ARRAY(SELECT f FROM unnest(w.failure_times) AS f
-                                   WHERE f > u.at ORDER BY f),
-             consecutive_failures = (SELECT count(*) FROM unnest(w.failure_times) AS f
-                                     WHERE f > u.at)
-         FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
-         WHERE w.id = u.id
-           AND (w.failures_counted_since IS NULL OR w.failures_counted_since < u.at)",
-        &[&ids, &times],
-    )
-    .await?;
-    Ok(())
 }
 
 /// A PostgreSQL array literal of timestamps (RFC 3339, exact to the microsecond).
