@@ -9,7 +9,8 @@
 //! their records reach the database: the delivery service records outcomes in batches from
 //! several writers at once, and an attempt that started first can be committed last. The rule
 //! therefore keeps, per webhook, the start time of its latest success and the start times of
-//! the failures since ([`FailureHistory`]), and merges each batch into that history by time.
+//! the failures since ([`FailureHistory`]), and judges each attempt against that history when
+//! its record arrives ([`DisableRule::apply_one`]).
 
 /// The result of one attempt, as far as the disable rule cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,57 +87,63 @@ pub struct FailureState<T> {
 }
 
 impl DisableRule {
-    /// Merges `outcomes` (each with its attempt's start time, in any order; each attempt
-    /// given once) into `history`, in start-time order. Outcomes at or before
-    /// `history.counted_since` are older than a success already counted and change nothing.
-    /// The webhook is to be disabled if, in that order, `threshold` failures follow one
-    /// another (even if a success that started later is in the same batch: those attempts
-    /// were in flight together) or an attempt answered 410.
+    /// Applies `outcomes` (each with its attempt's start time, in any order; each attempt
+    /// given once) to `history`, one at a time in start-time order, each as
+    /// [`DisableRule::apply_one`] judges it. A batch therefore comes out as its records would
+    /// one by one, whatever batches they were written in, and an audit that replays the
+    /// records in the order they were applied finds the same state.
     pub fn apply<T: Ord + Copy>(
         &self,
         history: &FailureHistory<T>,
         outcomes: &[(T, Outcome)],
     ) -> FailureState<T> {
-        let since = history.counted_since;
-        let newer = |t: &T| since.is_none_or(|s| *t > s);
-        let mut merged: Vec<(T, Outcome)> = history
-            .failures
-            .iter()
-            .filter(|t| newer(t))
-            .map(|t| (*t, Outcome::Failure))
-            .collect();
-        merged.extend(outcomes.iter().copied().filter(|(t, _)| newer(t)));
-        // Stable: at equal instants the stored failures come first, then the batch's order.
-        merged.sort_by_key(|(t, _)| *t);
-
-        let mut counted_since = since;
-        let mut failures = Vec::new();
+        let mut sorted = outcomes.to_vec();
+        // Stable: at equal instants, the order given.
+        sorted.sort_by_key(|(t, _)| *t);
+        let mut history = history.clone();
         let mut disable = None;
-        for (t, outcome) in merged {
-            match outcome {
-                Outcome::Success => {
-                    counted_since = Some(t);
-                    failures.clear();
-                }
-                Outcome::Failure | Outcome::Gone => {
-                    failures.push(t);
-                    let count = u32::try_from(failures.len()).unwrap_or(u32::MAX);
-                    if disable.is_none() {
-                        if outcome == Outcome::Gone {
-                            disable = Some(DisableReason::Gone);
-                        } else if count >= self.threshold {
-                            disable = Some(DisableReason::ConsecutiveFailures(count));
-                        }
-                    }
-                }
+        for (t, outcome) in sorted {
+            let reason = self.apply_one(&mut history, t, outcome);
+            if disable.is_none() {
+                disable = reason;
             }
         }
-        FailureState {
-            history: FailureHistory {
-                counted_since,
-                failures,
-            },
-            disable,
+        FailureState { history, disable }
+    }
+
+    /// One outcome, as known when its record arrives. An attempt that started at or before
+    /// `counted_since` changes nothing (a later one has already succeeded). A success moves
+    /// `counted_since` to its start and keeps only the failures that started after it. A
+    /// failure joins the failures since; when they number `threshold`, the webhook is to be
+    /// disabled (even if a success that started among them is recorded later: those attempts
+    /// were in flight together). A 410 disables at once.
+    pub fn apply_one<T: Ord + Copy>(
+        &self,
+        history: &mut FailureHistory<T>,
+        t: T,
+        outcome: Outcome,
+    ) -> Option<DisableReason> {
+        if history.counted_since.is_some_and(|since| t <= since) {
+            return None;
+        }
+        match outcome {
+            Outcome::Success => {
+                history.counted_since = Some(t);
+                history.failures.retain(|f| *f > t);
+                None
+            }
+            Outcome::Failure | Outcome::Gone => {
+                let at = history.failures.partition_point(|f| *f <= t);
+                history.failures.insert(at, t);
+                let count = history.consecutive_failures();
+                if outcome == Outcome::Gone {
+                    Some(DisableReason::Gone)
+                } else if count >= self.threshold {
+                    Some(DisableReason::ConsecutiveFailures(count))
+                } else {
+                    None
+                }
+            }
         }
     }
 }
@@ -234,6 +241,38 @@ mod tests {
         outcomes.reverse();
         assert_eq!(RULE.apply(&fresh(), &outcomes), in_order);
         assert_eq!(in_order.history.failures, vec![4]);
+    }
+
+    proptest::proptest! {
+        /// The audit (`aioka-bench account`) replays records one at a time in the order
+        /// they were applied; a batch must come out the same as its records one by one in
+        /// start-time order (times distinct, as the delivery service makes them).
+        #[test]
+        fn a_batch_is_its_records_applied_one_by_one_in_time_order(
+            before in proptest::collection::vec((0u32..400, proptest::bool::ANY), 0..30),
+            batch in proptest::collection::vec((0u32..400, proptest::bool::ANY), 0..30),
+        ) {
+            let rule = DisableRule { threshold: 5 };
+            let timed = |v: &[(u32, bool)], offset: u32| -> Vec<(u32, Outcome)> {
+                let mut seen = std::collections::BTreeMap::new();
+                for (t, ok) in v {
+                    seen.insert(t * 2 + offset, if *ok { Success } else { Failure });
+                }
+                seen.into_iter().collect()
+            };
+            let history = rule.apply(&fresh(), &timed(&before, 0)).history;
+            let batch = timed(&batch, 1);
+            let whole = rule.apply(&history, &batch);
+            let mut one_by_one = history;
+            let mut disabled = false;
+            for item in &batch {
+                let state = rule.apply(&one_by_one, std::slice::from_ref(item));
+                disabled |= state.disable.is_some();
+                one_by_one = state.history;
+            }
+            proptest::prop_assert_eq!(&whole.history, &one_by_one);
+            proptest::prop_assert_eq!(whole.disable.is_some(), disabled);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The consumer loop and one task's journey: look up the webhook, send, decide, record, ack.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use aioka_queue::{
 };
 use aioka_runtime::Health;
 use aioka_store::{AttemptRecord, ChainState, RecordKind, Store};
-use chrono::{Timelike, Utc};
+use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -58,6 +59,23 @@ enum Done {
     /// the broker hands the message back. Requeueing it here would spin it through the
     /// queue's delivery limit (20) within milliseconds and park a healthy task.
     Hold,
+}
+
+/// The start time of an attempt: the log orders and shows attempts by it, and the disable
+/// rule orders outcomes by it. PostgreSQL keeps microseconds, so this does too (or an outcome
+/// could compare differently in memory than in the log), and no two attempts of this process
+/// get the same instant: a burst of redelivered tasks starts hundreds of attempts within a
+/// microsecond or two, and a success and a failure of one webhook at the same instant have
+/// no order.
+fn attempt_time() -> chrono::DateTime<Utc> {
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = Utc::now().timestamp_micros();
+    let micros = match LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+        Some(now.max(last + 1))
+    }) {
+        Ok(last) | Err(last) => now.max(last + 1),
+    };
+    chrono::DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now)
 }
 
 /// After a failed publish: requeue, unless the channel itself is gone.
@@ -235,13 +253,7 @@ impl Worker {
             }
         };
 
-        // The attempt's time is when it started: the log orders and shows attempts by it, and
-        // the disable rule orders outcomes by it. PostgreSQL keeps microseconds: so does the
-        // rule, or an outcome could compare differently in memory than in the log.
-        let now = Utc::now();
-        let at = now
-            .with_nanosecond(now.nanosecond() / 1_000 * 1_000)
-            .unwrap_or(now);
+        let at = attempt_time();
         let result = self.sender.send(url, &task, secret).await;
         metrics::counter!(
             "aioka_delivery_attempts_total",
@@ -446,5 +458,23 @@ impl Drop for Slot<'_> {
                 counts.remove(&self.webhook);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attempt_time;
+
+    #[test]
+    fn attempt_times_are_whole_microseconds_and_never_repeat() {
+        let times: Vec<_> = (0..10_000).map(|_| attempt_time()).collect();
+        for pair in times.windows(2) {
+            assert!(pair[1] > pair[0], "{} then {}", pair[0], pair[1]);
+        }
+        assert!(
+            times
+                .iter()
+                .all(|t| t.timestamp_subsec_nanos() % 1_000 == 0)
+        );
     }
 }

@@ -574,10 +574,14 @@ async fn insert_attempts(
                     u.latency_ms, u.response_snippet, u.next_retry_at
              FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int4[], $5::timestamptz[],
                          $6::int4[], $7::text[], $8::int4[], $9::text[], $10::timestamptz[])
+                  WITH ORDINALITY
                   AS u(delivery_id, event_id, webhook_id, attempt, attempted_at, status_code,
-                       error_kind, latency_ms, response_snippet, next_retry_at)
+                       error_kind, latency_ms, response_snippet, next_retry_at, ord)
              WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = u.event_id)
                AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
+             -- Rows go in in attempt order, so recorded_at (clock_timestamp()) follows it
+             -- within a batch as it follows the lock order between batches.
+             ORDER BY u.ord
              ON CONFLICT (delivery_id, attempt) DO NOTHING
              RETURNING delivery_id, attempt",
             &[
