@@ -336,3 +336,66 @@ pub fn verdict(timestamp: Option<&str>) -> Value {
 pub fn sample(event_type: aioka_core::event::EventType) -> Value {
     json!({"event": event_type.as_str(), "data": event_type.sample_data()})
 }
+
+/// Closes, from the broker's side (as a network failure would), every connection whose
+/// client properties contain `marker`: `@<prefix>"}` for all of a system's, or
+/// `"aioka-delivery@<prefix>"` for one service's. Returns how many were closed.
+pub fn close_connections(marker: &str) -> usize {
+    use std::process::Command;
+    let output = Command::new("rabbitmqctl")
+        .args(["list_connections", "-q", "client_properties", "pid"])
+        .output()
+        .expect("this test needs rabbitmqctl (the machine's RabbitMQ)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut closed = 0;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        if !line.contains(marker) {
+            continue;
+        }
+        let pid = line.rsplit('\t').next().unwrap().trim();
+        let status = Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "fault test"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        closed += 1;
+    }
+    closed
+}
+
+/// Takes up to `count` messages from the parking queue (waiting up to [`PATIENCE`]) and
+/// returns each one's (reason, source) headers.
+pub async fn parked(
+    channel: &lapin::Channel,
+    topology: &aioka_queue::Topology,
+    count: usize,
+) -> Vec<(String, String)> {
+    let mut parked = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while parked.len() < count && tokio::time::Instant::now() < deadline {
+        match channel
+            .basic_get(
+                topology.parking_queue().as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            Some(message) => {
+                let headers = message.delivery.properties.headers().clone();
+                let get =
+                    |name| aioka_queue::header_str(headers.as_ref(), name).unwrap_or_default();
+                parked.push((
+                    get(aioka_queue::PARK_REASON_HEADER),
+                    get(aioka_queue::PARK_SOURCE_HEADER),
+                ));
+            }
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    parked
+}

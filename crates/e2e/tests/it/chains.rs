@@ -4,7 +4,6 @@
 //! later attempts, and a repeated attempt is counted once.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use aioka_core::event::EventType;
 use aioka_testkit::Receiver;
@@ -12,31 +11,6 @@ use lapin::options::ExchangeDeleteOptions;
 use tokio_postgres::NoTls;
 
 use crate::{PATIENCE, System, sample};
-
-/// Closes, from the broker's side, the connection named `name` (e.g. `aioka-delivery@<prefix>`),
-/// as a network failure would. Returns how many were closed.
-fn close_connection_named(name: &str) -> usize {
-    let output = Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "client_properties", "pid"])
-        .output()
-        .expect("this test needs rabbitmqctl (the machine's RabbitMQ)");
-    assert!(output.status.success());
-    let marker = format!("\"{name}\"");
-    let mut closed = 0;
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        if !line.contains(&marker) {
-            continue;
-        }
-        let pid = line.rsplit('\t').next().unwrap().trim();
-        let status = Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "chain fault test"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        closed += 1;
-    }
-    closed
-}
 
 /// How many times the receiver saw each attempt number.
 fn attempts_seen(receiver: &Receiver) -> BTreeMap<u32, usize> {
@@ -85,7 +59,7 @@ async fn a_task_redelivered_after_its_attempt_was_sent_does_not_fork_the_retry_c
     // it out again, and it is sent again while the first record is still waiting.
     let name = format!("aioka-delivery@{}", system.broker.prefix);
     assert_eq!(
-        close_connection_named(&name),
+        aioka_e2e::close_connections(&format!("\"{name}\"")),
         1,
         "the fault did not land: no connection {name}"
     );

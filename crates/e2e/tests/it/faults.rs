@@ -1,42 +1,12 @@
 //! Faults: the broker drops every connection of the system mid-flow. Nothing accepted is lost.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::time::Duration;
 
 use aioka_core::event::EventType;
 use serde_json::json;
 
 use crate::{PATIENCE, System, sample};
-
-/// Closes, from the broker's side, every connection whose name ends in `@<prefix>`: the
-/// gateway's, fanout's and delivery's, and nobody else's. Returns how many were closed.
-fn close_connections(prefix: &str) -> usize {
-    let output = Command::new("rabbitmqctl")
-        .args(["list_connections", "-q", "client_properties", "pid"])
-        .output()
-        .expect("this test needs rabbitmqctl (the machine's RabbitMQ)");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let marker = format!("@{prefix}\"}}");
-    let mut closed = 0;
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        if !line.contains(&marker) {
-            continue;
-        }
-        let pid = line.rsplit('\t').next().unwrap().trim();
-        let status = Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "fault test"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        closed += 1;
-    }
-    closed
-}
 
 #[tokio::test]
 async fn dropped_broker_connections_lose_no_accepted_event() {
@@ -55,7 +25,7 @@ async fn dropped_broker_connections_lose_no_accepted_event() {
     }
     receiver.wait_for(5, PATIENCE).await;
 
-    let closed = close_connections(&system.broker.prefix);
+    let closed = aioka_e2e::close_connections(&format!("@{}\"}}", system.broker.prefix));
     assert!(closed >= 3, "closed {closed} connections");
 
     // A producer retries what was not accepted (503); what was accepted must arrive.

@@ -8,7 +8,7 @@ use aioka_core::event::EventType;
 use aioka_core::messages::{DeliveryTask, Task};
 use aioka_core::{DeliveryId, EncryptionKey, EventId, WebhookId};
 use lapin::BasicProperties;
-use lapin::options::{BasicGetOptions, BasicPublishOptions};
+use lapin::options::BasicPublishOptions;
 
 use crate::{PATIENCE, System, sample};
 
@@ -60,27 +60,11 @@ async fn a_task_without_our_tag_is_parked_and_never_sent() {
         .await;
     receiver.wait_for(1, PATIENCE).await;
 
-    let mut reasons = Vec::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while reasons.len() < 2 && tokio::time::Instant::now() < deadline {
-        match channel
-            .basic_get(
-                topology.parking_queue().as_str().into(),
-                BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        {
-            Some(message) => {
-                let headers = message.delivery.properties.headers().clone();
-                reasons.push(
-                    aioka_queue::header_str(headers.as_ref(), aioka_queue::PARK_REASON_HEADER)
-                        .unwrap(),
-                );
-            }
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    let reasons: Vec<String> = aioka_e2e::parked(&channel, &topology, 2)
+        .await
+        .into_iter()
+        .map(|(reason, _)| reason)
+        .collect();
     assert_eq!(reasons.len(), 2, "both forged tasks parked: {reasons:?}");
     assert!(
         reasons.iter().any(|r| r.contains("no authentication tag")),

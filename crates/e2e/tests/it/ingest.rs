@@ -268,32 +268,12 @@ async fn a_malformed_direct_publish_is_parked_with_its_reason() {
         .await;
     receiver.wait_for(1, PATIENCE).await;
 
-    let mut reasons = Vec::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while reasons.len() < 3 && tokio::time::Instant::now() < deadline {
-        match channel
-            .basic_get(
-                topology.parking_queue().as_str().into(),
-                BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        {
-            Some(message) => {
-                let headers = message.delivery.properties.headers().clone();
-                reasons.push(
-                    aioka_queue::header_str(headers.as_ref(), aioka_queue::PARK_REASON_HEADER)
-                        .unwrap(),
-                );
-                assert_eq!(
-                    aioka_queue::header_str(headers.as_ref(), aioka_queue::PARK_SOURCE_HEADER)
-                        .as_deref(),
-                    Some("fanout")
-                );
-            }
-            None => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
+    let parked = aioka_e2e::parked(&channel, &topology, 3).await;
+    assert!(
+        parked.iter().all(|(_, source)| source == "fanout"),
+        "{parked:?}"
+    );
+    let reasons: Vec<String> = parked.into_iter().map(|(reason, _)| reason).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(
         reasons.iter().any(|r| r.contains("not JSON")),
