@@ -208,6 +208,25 @@ async fn stalled_backend(client: &tokio_postgres::Client) -> Option<i32> {
         .map(|row| row.get(0))
 }
 
+/// `count` webhooks to `url` for `regime.change`, five per customer key, in id order: the
+/// order fan-out walks them in, so consecutive runs of the chunk size are its chunks.
+async fn regime_subscribers(
+    system: &System,
+    url: &str,
+    count: usize,
+) -> Vec<aioka_core::WebhookId> {
+    let mut webhooks: Vec<aioka_core::WebhookId> = Vec::new();
+    while webhooks.len() < count {
+        let customer = system.customer().await;
+        for _ in 0..5.min(count - webhooks.len()) {
+            let (id, _) = system.register(&customer, url, &["regime.change"]).await;
+            webhooks.push(id.parse().unwrap());
+        }
+    }
+    webhooks.sort_by_key(|w| w.as_uuid());
+    webhooks
+}
+
 #[tokio::test]
 async fn a_fan_out_cut_off_after_k_chunks_is_resumed_by_another_without_republishing_them() {
     // n = 5 chunks of 7 (35 webhooks); the first fanout is cut off after k = 2 confirmed
@@ -221,18 +240,7 @@ async fn a_fan_out_cut_off_after_k_chunks_is_resumed_by_another_without_republis
     .await;
     let receiver = system.receiver().await;
     let producer = system.producer().await;
-    let mut webhooks: Vec<aioka_core::WebhookId> = Vec::new();
-    for _ in 0..CHUNK {
-        let customer = system.customer().await;
-        for _ in 0..5 {
-            let (id, _) = system
-                .register(&customer, &receiver.url, &["regime.change"])
-                .await;
-            webhooks.push(id.parse().unwrap());
-        }
-    }
-    // Fan-out walks webhooks in id order: these are its chunks.
-    webhooks.sort_by_key(|w| w.as_uuid());
+    let webhooks = regime_subscribers(&system, &receiver.url, CHUNK * 5).await;
 
     // The fault: once k chunks are recorded, the next progress write of the event hangs in
     // PostgreSQL (a trigger of this test's own database waits on a lock the test holds), as
@@ -397,17 +405,7 @@ async fn a_fan_out_whose_claim_was_taken_over_stops_and_leaves_the_event_to_the_
     .await;
     let receiver = system.receiver().await;
     let producer = system.producer().await;
-    let mut webhooks: Vec<aioka_core::WebhookId> = Vec::new();
-    for _ in 0..CHUNK {
-        let customer = system.customer().await;
-        for _ in 0..5 {
-            let (id, _) = system
-                .register(&customer, &receiver.url, &["regime.change"])
-                .await;
-            webhooks.push(id.parse().unwrap());
-        }
-    }
-    webhooks.sort_by_key(|w| w.as_uuid());
+    let webhooks = regime_subscribers(&system, &receiver.url, CHUNK * 5).await;
 
     // The fault: the first progress write after k chunks waits, before it touches any row,
     // on a lock the test holds (a statement trigger of this test's own database), as a
