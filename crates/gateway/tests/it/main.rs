@@ -47,6 +47,16 @@ impl App {
         aioka_testkit::init_logs();
         let db = TestDb::new().await;
         let broker = TestBroker::new("1s");
+        // The queues are fanout's and delivery's to declare (the gateway declares only the
+        // exchanges); neither runs here, so the test declares them as a deployment's would
+        // have, and the gateway's publishes are routed.
+        let connection = broker.connect().await;
+        broker
+            .topology()
+            .declare(&connection.create_channel().await.unwrap())
+            .await
+            .unwrap();
+        let _ = connection.close(200, "declared".into()).await;
         let mut env = TestEnv::new(&db, Some(&broker));
         configure(&mut env);
         let settings: Settings = env.load();

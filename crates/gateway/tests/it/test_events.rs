@@ -67,13 +67,6 @@ async fn a_test_event_the_broker_refuses_entirely_leaves_nothing_behind() {
     // broker nacks a publisher's messages once the queue is full and it has told that
     // publisher so. No delivery service consumes here.
     let topology = app.broker.topology();
-    // The queues are fanout's and delivery's to declare (the gateway declares only the
-    // exchanges); none runs here, so the test declares them as a deployment would have.
-    let admin = app.broker.connect().await;
-    topology
-        .declare(&admin.create_channel().await.unwrap())
-        .await
-        .unwrap();
     let queue = topology.delivery_queue();
     let _policy = Policy::one_message(format!("{}-one-task", app.broker.prefix), &queue);
     // A policy reaches the queue a moment after it is set.
