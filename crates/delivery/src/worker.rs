@@ -91,6 +91,7 @@ impl Worker {
     /// Consumes until `shutdown`, reconnecting when the broker goes away.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let spec = ConsumerSpec {
+            part: aioka_queue::Part::Delivery,
             url: &self.amqp_url,
             topology: &self.topology,
             service: "aioka-delivery",

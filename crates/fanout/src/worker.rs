@@ -58,6 +58,7 @@ impl Worker {
     /// Consumes until `shutdown`, reconnecting when the broker goes away.
     pub async fn run(&self, shutdown: CancellationToken) {
         let spec = ConsumerSpec {
+            part: aioka_queue::Part::Fanout,
             url: &self.settings.amqp.url,
             topology: &self.topology,
             service: "aioka-fanout",

@@ -105,6 +105,8 @@ pub struct ConsumerSpec<'a> {
     /// The service name, for the connection name and consumer tag.
     pub service: &'a str,
     pub queue: String,
+    /// The queues this service declares at the start of each session.
+    pub part: crate::Part,
     /// Messages in flight at most: the broker sends no more until one is acked.
     pub prefetch: u16,
     /// On shutdown, how long messages in hand may take; the rest go back to the queue.
@@ -169,7 +171,9 @@ where
 {
     let connection = connect(spec.url, &spec.topology.connection_name(spec.service)).await?;
     let publisher = Publisher::new(&connection).await?;
-    spec.topology.declare(publisher.channel()).await?;
+    spec.topology
+        .declare_part(publisher.channel(), spec.part)
+        .await?;
     // The prefetch is spread over channels of at most PER_CHANNEL messages each. RabbitMQ
     // finds the message a single ack names by walking its channel's unacked list from the
     // oldest: with one channel of 2048 and a few attempts hanging at the head for 10 s, every

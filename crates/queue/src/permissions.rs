@@ -7,11 +7,14 @@
 //!   publish anywhere else (so it cannot write a delivery task).
 //! * The **gateway** declares the exchanges and publishes to the events and deliveries
 //!   exchanges; it reads nothing.
-//! * **fanout** and **delivery** declare the whole topology at start, and RabbitMQ asks for
-//!   read on a queue to declare it with a dead-letter exchange, write on that exchange, and
-//!   read on an exchange to bind a queue to it: they get the namespace of the prefix. What
-//!   keeps a leaked service credential from forging a delivery is the task tag
-//!   (`DeliveryTask::auth`), not these permissions.
+//! * **fanout** declares the exchanges and its own queue, consumes it, and publishes tasks
+//!   and parked messages; it cannot read the delivery queue or the retry tiers.
+//! * **delivery** declares the exchanges, its queue, the retry tiers and the defer queue,
+//!   consumes its queue, and publishes retries and parked messages; it cannot read the
+//!   fanout queue or publish events.
+//!
+//! What keeps a leaked service credential from forging a delivery is the task tag
+//! (`DeliveryTask::auth`): fanout and delivery may publish tasks.
 
 use crate::Topology;
 
@@ -81,7 +84,6 @@ fn escape(name: &str) -> String {
 
 /// The permissions of `role` over `topology`'s names.
 pub fn permissions(topology: &Topology, role: Role) -> Permissions {
-    let namespace = format!("^{}\\.", escape(topology.prefix()));
     match role {
         Role::Producer => Permissions {
             configure: NONE.into(),
@@ -93,11 +95,56 @@ pub fn permissions(topology: &Topology, role: Role) -> Permissions {
             write: exactly(&[topology.events_exchange(), topology.deliveries_exchange()]),
             read: NONE.into(),
         },
-        Role::Fanout | Role::Delivery => Permissions {
-            configure: namespace.clone(),
-            write: namespace.clone(),
-            read: namespace,
-        },
+        // Declaring a queue with a dead-letter exchange asks for configure and read on the
+        // queue and write on the exchange; binding a queue asks for write on the queue and
+        // read on the exchange; publishing, write on the exchange; consuming, read on the
+        // queue. (The parking exchange and queue share a name.)
+        Role::Fanout => {
+            let queues = [topology.fanout_queue(), topology.parking_queue()];
+            Permissions {
+                configure: exactly(&[topology.exchanges(), queues.to_vec()].concat()),
+                write: exactly(&[
+                    topology.fanout_queue(),
+                    topology.parking_exchange(),
+                    topology.deliveries_exchange(),
+                ]),
+                read: exactly(&[
+                    topology.fanout_queue(),
+                    topology.events_exchange(),
+                    topology.parking_exchange(),
+                ]),
+            }
+        }
+        Role::Delivery => {
+            let tiers = format!("{}\\.[^.]+", escape(&topology.retry_exchange()));
+            let names = |mut names: Vec<String>| {
+                let mut escaped: Vec<String> = names.drain(..).map(|n| escape(&n)).collect();
+                escaped.push(tiers.clone());
+                format!("^({})$", escaped.join("|"))
+            };
+            let own = vec![
+                topology.delivery_queue(),
+                topology.defer_queue(),
+                topology.parking_queue(),
+            ];
+            Permissions {
+                configure: names([topology.exchanges(), own.clone()].concat()),
+                write: names(vec![
+                    topology.delivery_queue(),
+                    topology.defer_queue(),
+                    topology.parking_exchange(),
+                    topology.deliveries_exchange(),
+                    topology.retry_exchange(),
+                ]),
+                read: names(vec![
+                    topology.delivery_queue(),
+                    topology.defer_queue(),
+                    topology.deliveries_exchange(),
+                    topology.retry_exchange(),
+                    topology.parking_exchange(),
+                ]),
+            }
+        }
     }
 }
 
@@ -117,11 +164,8 @@ mod tests {
     fn names_are_escaped_so_a_prefix_cannot_widen_a_pattern() {
         assert_eq!(escape("a.b*c"), "a\\.b\\*c");
         let t = Topology::new("my.app", Vec::new(), 20);
-        assert!(
-            permissions(&t, Role::Delivery)
-                .read
-                .starts_with("^my\\.app\\.")
-        );
+        let read = permissions(&t, Role::Delivery).read;
+        assert!(read.starts_with("^(my\\.app\\.delivery|"), "{read}");
     }
 
     #[test]

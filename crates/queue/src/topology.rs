@@ -54,6 +54,17 @@ pub struct Topology {
     delivery_limit: u32,
 }
 
+/// Which queues a service declares (see [`Topology::declare_part`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// Everything: operators' tools and tests.
+    All,
+    /// `aioka.fanout`.
+    Fanout,
+    /// `aioka.delivery`, the retry tiers and `aioka.defer`.
+    Delivery,
+}
+
 impl Topology {
     /// `tiers` are the retry delays of the schedule; each gets a wait queue.
     pub fn new(prefix: &str, tiers: Vec<Tier>, delivery_limit: u32) -> Self {
@@ -129,18 +140,30 @@ impl Topology {
     /// Declares everything. Idempotent: declaring what exists with the same arguments is a
     /// no-op; different arguments fail with 406 PRECONDITION_FAILED (a topology change needs a
     /// new name or a policy, see ARCHITECTURE.md).
-    #[tracing::instrument(skip_all, fields(prefix = %self.prefix))]
     pub async fn declare(&self, channel: &Channel) -> Result<(), QueueError> {
+        self.declare_part(channel, Part::All).await
+    }
+
+    /// Declares every exchange, the parking queue, and the queues of `part`: what one
+    /// service needs, with a broker user that may configure nothing else
+    /// (`permissions.rs`).
+    #[tracing::instrument(skip_all, fields(prefix = %self.prefix, ?part))]
+    pub async fn declare_part(&self, channel: &Channel, part: Part) -> Result<(), QueueError> {
         self.declare_exchanges(channel).await?;
         self.queue(channel, &self.parking_queue(), quorum()).await?;
         self.bind(channel, &self.parking_queue(), &self.parking_exchange(), "")
             .await?;
 
         let consumed = self.consumed_queue_args();
-        self.queue(channel, &self.fanout_queue(), consumed.clone())
-            .await?;
-        self.bind(channel, &self.fanout_queue(), &self.events_exchange(), "#")
-            .await?;
+        if matches!(part, Part::All | Part::Fanout) {
+            self.queue(channel, &self.fanout_queue(), consumed.clone())
+                .await?;
+            self.bind(channel, &self.fanout_queue(), &self.events_exchange(), "#")
+                .await?;
+        }
+        if !matches!(part, Part::All | Part::Delivery) {
+            return Ok(());
+        }
         self.queue(channel, &self.delivery_queue(), consumed)
             .await?;
         self.bind(

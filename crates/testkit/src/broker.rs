@@ -51,7 +51,12 @@ impl TestBroker {
     /// A broker user of its own with the permissions of `role` over this prefix (as
     /// `scripts/up` makes them); returns its AMQP URL.
     pub fn user(&self, role: Role) -> String {
-        let name = format!("{}-{}", self.prefix, role.as_str());
+        self.user_named(role, "")
+    }
+
+    /// As [`TestBroker::user`], a second user of the same role (`suffix` tells them apart).
+    pub fn user_named(&self, role: Role, suffix: &str) -> String {
+        let name = format!("{}-{}{suffix}", self.prefix, role.as_str());
         let password = crate::unique("pw");
         rabbitmqctl(&["-q", "add_user", &name, &password]);
         self.users

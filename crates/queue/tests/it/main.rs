@@ -42,6 +42,7 @@ async fn a_message_whose_handler_panics_is_parked_after_the_delivery_limit_while
         let topology = topology.clone();
         tokio::spawn(async move {
             let spec = ConsumerSpec {
+                part: aioka_queue::Part::All,
                 url: &url,
                 topology: &topology,
                 service: "test",
@@ -144,6 +145,7 @@ async fn a_large_prefetch_is_spread_over_channels_and_every_ack_lands_on_its_own
         let topology = topology.clone();
         tokio::spawn(async move {
             let spec = ConsumerSpec {
+                part: aioka_queue::Part::All,
                 url: &url,
                 topology: &topology,
                 service: "test",

@@ -119,3 +119,60 @@ async fn the_gateway_may_publish_events_and_tasks_but_read_nothing() {
         .await;
     assert!(refused(got), "reading the delivery queue");
 }
+
+#[tokio::test]
+async fn fanout_and_delivery_each_declare_and_read_only_their_own_queues() {
+    let broker = TestBroker::new("1s");
+    let topology = broker.topology();
+    for (role, part, own, other) in [
+        (
+            Role::Fanout,
+            aioka_queue::Part::Fanout,
+            topology.fanout_queue(),
+            topology.delivery_queue(),
+        ),
+        (
+            Role::Delivery,
+            aioka_queue::Part::Delivery,
+            topology.delivery_queue(),
+            topology.fanout_queue(),
+        ),
+    ] {
+        let connection = aioka_queue::connect(&broker.user(role), "aioka-test-service")
+            .await
+            .unwrap();
+        let publisher = Publisher::new(&connection).await.unwrap();
+        topology
+            .declare_part(publisher.channel(), part)
+            .await
+            .unwrap_or_else(|e| panic!("{} declares its part: {e}", role.as_str()));
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .basic_get(own.as_str().into(), BasicGetOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("{} reads {own}: {e}", role.as_str()));
+        if role == Role::Delivery {
+            // The other part exists once the first role declared it.
+            let channel = connection.create_channel().await.unwrap();
+            let got = channel
+                .basic_get(other.as_str().into(), BasicGetOptions::default())
+                .await;
+            assert!(refused(got), "delivery reading {other}");
+        }
+    }
+    // Fanout, now that delivery's queue exists, cannot read it either.
+    let fanout = aioka_queue::connect(
+        &broker.user_named(Role::Fanout, "again"),
+        "aioka-test-fanout",
+    )
+    .await
+    .unwrap();
+    let channel = fanout.create_channel().await.unwrap();
+    let got = channel
+        .basic_get(
+            topology.delivery_queue().as_str().into(),
+            BasicGetOptions::default(),
+        )
+        .await;
+    assert!(refused(got), "fanout reading the delivery queue");
+}
