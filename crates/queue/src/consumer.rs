@@ -94,6 +94,9 @@ pub async fn park(
     Ok(())
 }
 
+/// How often a consumer session declares its part of the topology again (idempotent).
+pub const REASSERT_TOPOLOGY: Duration = Duration::from_secs(5);
+
 /// Unacknowledged messages per consumer channel at most; a larger prefetch opens more channels.
 pub const PER_CHANNEL: u16 = 128;
 
@@ -234,6 +237,14 @@ where
     let mut watchdog = tokio::time::interval(Duration::from_millis(200));
     watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut publisher_dead = false;
+    // Each service declares only its part of the topology (its broker user may configure
+    // nothing else), so a binding lost with a deleted exchange is restored by the service
+    // that owns it, which re-asserts its part now and then, not only when it reconnects.
+    let mut reassert = tokio::time::interval_at(
+        tokio::time::Instant::now() + REASSERT_TOPOLOGY,
+        REASSERT_TOPOLOGY,
+    );
+    reassert.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let grace = tokio::time::sleep(Duration::MAX);
     tokio::pin!(grace);
     loop {
@@ -250,6 +261,13 @@ where
                 break;
             }
             Some(()) = in_hand.next(), if !in_hand.is_empty() => {}
+            _ = reassert.tick(), if !stopping => {
+                if let Err(e) = spec.topology.declare_part(publisher.channel(), spec.part).await {
+                    tracing::warn!(error = %e, queue = %spec.queue, "re-asserting the topology failed; reconnecting");
+                    publisher_dead = true;
+                    break;
+                }
+            }
             _ = watchdog.tick() => {
                 if !publisher.channel().status().connected() {
                     tracing::warn!(queue = %spec.queue, in_hand = in_hand.len(), "the publisher channel closed under the session; reconnecting");
