@@ -597,21 +597,39 @@ mod tests {
     #[test]
     fn the_rule_is_replayed_in_the_order_records_were_applied() {
         let mut input = clean();
+        input.disable_after = 3;
         let w = input.webhooks[0].id;
-        let d = input.deliveries[0].id;
-        // A 500 that started at t=10, applied only after a 200 that started at t=11: it was
-        // in flight when a later attempt succeeded, so it does not count.
-        let mut late = attempt(d, w, 2, 10, 500);
-        late.recorded_at = Utc.timestamp_opt(20, 0).single();
-        let mut success = attempt(d, w, 3, 11, 200);
-        success.recorded_at = Utc.timestamp_opt(15, 0).single();
-        input.attempts.push(late);
-        input.attempts.push(success);
-        input.webhooks[0].consecutive_failures = 0;
-        assert!(account(&input).ok(), "{}", account(&input).to_json());
-        // Applied in start order instead, the 500 would have been reset by the 200 anyway;
-        // but a log that counted it is wrong either way.
+        let of_w: Vec<DeliveryId> = input
+            .deliveries
+            .iter()
+            .filter(|d| d.webhook == w)
+            .map(|d| d.id)
+            .collect();
+        // Failures that started at t=101, 102 and 110 were applied before a success that
+        // started at t=105: when the third was applied, three failures stood since the last
+        // known success, so the webhook was disabled. In plain start order the longest run
+        // is 2, which would call that a miscount; replayed as applied it is right.
+        for (n, (at, code, applied)) in [
+            (101, 500, 201),
+            (102, 500, 202),
+            (110, 500, 203),
+            (105, 200, 204),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut a = attempt(of_w[n % 2], w, n as i32 / 2 + 2, at, code);
+            a.recorded_at = Utc.timestamp_opt(applied, 0).single();
+            input.attempts.push(a);
+        }
+        input.webhooks[0].is_active = false;
         input.webhooks[0].consecutive_failures = 1;
+        assert!(account(&input).ok(), "{}", account(&input).to_json());
+        // A log that stayed active, or counted the failures before the success, is wrong.
+        input.webhooks[0].is_active = true;
+        assert_eq!(account(&input).miscounted.len(), 1);
+        input.webhooks[0].is_active = false;
+        input.webhooks[0].consecutive_failures = 3;
         assert_eq!(account(&input).miscounted.len(), 1);
     }
 

@@ -1,6 +1,7 @@
 //! The consumer loop and one task's journey: look up the webhook, send, decide, record, ack.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -78,6 +79,15 @@ fn attempt_time() -> chrono::DateTime<Utc> {
     chrono::DateTime::from_timestamp_micros(micros).unwrap_or_else(Utc::now)
 }
 
+/// Acts on how a message ended.
+async fn settle(delivery: &Delivery, done: Done) {
+    match done {
+        Done::Ack => aioka_queue::ack(delivery).await,
+        Done::Requeue => aioka_queue::requeue(delivery).await,
+        Done::Hold => {}
+    }
+}
+
 /// After a failed publish: requeue, unless the channel itself is gone.
 fn requeue_unless_closed(publisher: &Publisher) -> Done {
     if publisher.channel().status().connected() {
@@ -118,27 +128,17 @@ impl Worker {
                 Err(e) => {
                     // Whoever published this holds a broker credential but not our key: it
                     // is never signed with a webhook's secret, never sent.
-                    let reason = format!("task refused: {e}");
-                    tracing::warn!(delivery_id = %task.delivery_id, webhook_id = %task.webhook_id, %reason);
+                    tracing::warn!(delivery_id = %task.delivery_id, webhook_id = %task.webhook_id, error = %e, "task refused");
                     metrics::counter!("aioka_delivery_tasks_refused_total").increment(1);
-                    if aioka_queue::park(publisher, &self.topology, &delivery, "delivery", &reason)
-                        .await
-                        .is_err()
-                    {
-                        aioka_queue::requeue(&delivery).await;
-                    }
-                    return;
+                    let reason = format!("task refused: {e}");
+                    let done = self.park(publisher, &delivery, &reason).await;
+                    return settle(&delivery, done).await;
                 }
             },
             Err(e) => {
                 let reason = format!("not a delivery task: {e}");
-                if aioka_queue::park(publisher, &self.topology, &delivery, "delivery", &reason)
-                    .await
-                    .is_err()
-                {
-                    aioka_queue::requeue(&delivery).await;
-                }
-                return;
+                let done = self.park(publisher, &delivery, &reason).await;
+                return settle(&delivery, done).await;
             }
         };
         let span = tracing::info_span!(
@@ -173,21 +173,46 @@ impl Worker {
                     metrics::counter!("aioka_delivery_deferred_total").increment(1);
                     aioka_queue::ack(&delivery).await;
                 }
-                Err(_) => {
-                    if let Done::Requeue = requeue_unless_closed(publisher) {
-                        aioka_queue::requeue(&delivery).await;
-                    }
-                }
+                Err(_) => settle(&delivery, requeue_unless_closed(publisher)).await,
             };
         };
         let done = self
             .deliver(publisher, &delivery, task, redelivered)
             .instrument(span)
             .await;
-        match done {
-            Done::Ack => aioka_queue::ack(&delivery).await,
-            Done::Requeue => aioka_queue::requeue(&delivery).await,
-            Done::Hold => {}
+        settle(&delivery, done).await;
+    }
+
+    /// Moves a message to the parking queue with `reason`.
+    async fn park(&self, publisher: &Publisher, delivery: &Delivery, reason: &str) -> Done {
+        match aioka_queue::park(publisher, &self.topology, delivery, "delivery", reason).await {
+            Ok(()) => Done::Ack,
+            Err(_) => requeue_unless_closed(publisher),
+        }
+    }
+
+    /// Waits out a database outage around `query` (its requeue would count against the
+    /// queue's delivery limit and park healthy tasks); `None` on shutdown. Every task in
+    /// flight waits here during an outage, so failures are logged at debug level: the cache
+    /// loader and the pool log them once per attempt at the database.
+    async fn through_outage<T, E: std::fmt::Display, F: Future<Output = Result<T, E>>>(
+        &self,
+        what: &str,
+        query: impl Fn() -> F,
+    ) -> Option<T> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match query().await {
+                Ok(value) => return Some(value),
+                Err(e) => {
+                    tracing::debug!(error = %e, retry_in = ?backoff, "{what} failed");
+                    tokio::select! {
+                        _ = self.stopping.cancelled() => return None,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
         }
     }
 
@@ -199,9 +224,11 @@ impl Worker {
         redelivered: bool,
     ) -> Done {
         // A redelivered task may have been sent and recorded by a process that died before
-        // acking it, and a retry may be a copy of one already made: look before sending.
-        // First attempts that come for the first time (nearly all of them) skip this read.
-        if redelivered || task.attempt_in_series() > 1 {
+        // acking it: look before sending. Tasks that come for the first time (first attempts
+        // and retries, nearly all of them) skip this read; a copy of a retry (published again
+        // by `resume_chain` after a crash) arrives with the original, and its duplicate record
+        // stops it.
+        if redelivered {
             let Some(state) = self.chain_state(&task).await else {
                 return Done::Requeue;
             };
@@ -212,23 +239,11 @@ impl Worker {
                     .await;
             }
         }
-        // A database outage holds the task here rather than requeueing it: requeues count
-        // against the queue's delivery limit and would park healthy tasks.
-        let mut backoff = Duration::from_millis(100);
-        let target = loop {
-            match self.cache.get(task.webhook_id).await {
-                Ok(target) => break target,
-                Err(e) => {
-                    // Every task in flight waits here during an outage: the cache loader logs
-                    // the failure once per attempt at the database, not once per task.
-                    tracing::debug!(error = %e, retry_in = ?backoff, "webhook lookup failed");
-                    tokio::select! {
-                        _ = self.stopping.cancelled() => return Done::Requeue,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
+        let Some(target) = self
+            .through_outage("webhook lookup", || self.cache.get(task.webhook_id))
+            .await
+        else {
+            return Done::Requeue;
         };
         let (url, secret) = match target.as_ref() {
             Target::Active { url, secret } => (url, secret),
@@ -239,18 +254,7 @@ impl Worker {
                 let reason =
                     "the webhook's secret does not decrypt with this service's security.secret_key";
                 tracing::error!(reason);
-                return match aioka_queue::park(
-                    publisher,
-                    &self.topology,
-                    delivery,
-                    "delivery",
-                    reason,
-                )
-                .await
-                {
-                    Ok(()) => Done::Ack,
-                    Err(_) => requeue_unless_closed(publisher),
-                };
+                return self.park(publisher, delivery, reason).await;
             }
         };
 
@@ -320,6 +324,10 @@ impl Worker {
             }
             Ok(Recorded::Duplicate) => {
                 metrics::counter!("aioka_delivery_repeated_attempts_total").increment(1);
+                // A copy that was not redelivered belongs to a chain someone else holds.
+                if !redelivered {
+                    return Done::Ack;
+                }
                 match self.chain_state(&task).await {
                     Some(state) => {
                         self.resume_chain(publisher, redelivered, &task, &state)
@@ -335,20 +343,10 @@ impl Worker {
     /// Where this task's delivery stands in the database, holding the task through a
     /// database outage; `None` on shutdown.
     async fn chain_state(&self, task: &DeliveryTask) -> Option<ChainState> {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.store.chain_state(task.delivery_id, task.attempt).await {
-                Ok(state) => return Some(state),
-                Err(e) => {
-                    tracing::debug!(error = %e, retry_in = ?backoff, "reading the delivery's state failed");
-                    tokio::select! {
-                        _ = self.stopping.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        self.through_outage("reading the delivery's state", || {
+            self.store.chain_state(task.delivery_id, task.attempt)
+        })
+        .await
     }
 
     /// For a task whose attempt is already recorded: nothing is sent again. If the message

@@ -337,12 +337,10 @@ pub fn sample(event_type: aioka_core::event::EventType) -> Value {
     json!({"event": event_type.as_str(), "data": event_type.sample_data()})
 }
 
-/// Closes, from the broker's side (as a network failure would), every connection whose
-/// client properties contain `marker`: `@<prefix>"}` for all of a system's, or
-/// `"aioka-delivery@<prefix>"` for one service's. Returns how many were closed.
-pub fn close_connections(marker: &str) -> usize {
-    use std::process::Command;
-    let output = Command::new("rabbitmqctl")
+/// The broker's ids (pids) of the connections whose client properties contain `marker`:
+/// `@<prefix>"}` for all of a system's, or `"aioka-delivery@<prefix>"` for one service's.
+pub fn connections(marker: &str) -> std::collections::BTreeSet<String> {
+    let output = std::process::Command::new("rabbitmqctl")
         .args(["list_connections", "-q", "client_properties", "pid"])
         .output()
         .expect("this test needs rabbitmqctl (the machine's RabbitMQ)");
@@ -351,20 +349,25 @@ pub fn close_connections(marker: &str) -> usize {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let mut closed = 0;
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        if !line.contains(marker) {
-            continue;
-        }
-        let pid = line.rsplit('\t').next().unwrap().trim();
-        let status = Command::new("rabbitmqctl")
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(marker))
+        .map(|line| line.rsplit('\t').next().unwrap().trim().to_owned())
+        .collect()
+}
+
+/// Closes, from the broker's side (as a network failure would), every connection
+/// [`connections`] finds for `marker`. Returns how many were closed.
+pub fn close_connections(marker: &str) -> usize {
+    let pids = connections(marker);
+    for pid in &pids {
+        let status = std::process::Command::new("rabbitmqctl")
             .args(["close_connection", pid, "fault test"])
             .status()
             .unwrap();
         assert!(status.success());
-        closed += 1;
     }
-    closed
+    pids.len()
 }
 
 /// Takes up to `count` messages from the parking queue (waiting up to [`PATIENCE`]) and

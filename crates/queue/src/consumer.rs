@@ -240,11 +240,28 @@ where
     // Each service declares only its part of the topology (its broker user may configure
     // nothing else), so a binding lost with a deleted exchange is restored by the service
     // that owns it, which re-asserts its part now and then, not only when it reconnects.
-    let mut reassert = tokio::time::interval_at(
-        tokio::time::Instant::now() + REASSERT_TOPOLOGY,
-        REASSERT_TOPOLOGY,
-    );
-    reassert.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // It runs beside the loop, so the messages in hand are never held up by its declares.
+    let reassert_failed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let reassert = {
+        let (topology, channel, part) = (
+            spec.topology.clone(),
+            publisher.channel().clone(),
+            spec.part,
+        );
+        let failed = reassert_failed.clone();
+        let queue = spec.queue.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(REASSERT_TOPOLOGY).await;
+                if let Err(e) = topology.declare_part(&channel, part).await {
+                    tracing::warn!(error = %e, %queue, "re-asserting the topology failed; reconnecting");
+                    failed.notify_one();
+                    return;
+                }
+            }
+        })
+    };
+    let _stop_reassert = AbortOnDrop(reassert);
     let grace = tokio::time::sleep(Duration::MAX);
     tokio::pin!(grace);
     loop {
@@ -261,12 +278,9 @@ where
                 break;
             }
             Some(()) = in_hand.next(), if !in_hand.is_empty() => {}
-            _ = reassert.tick(), if !stopping => {
-                if let Err(e) = spec.topology.declare_part(publisher.channel(), spec.part).await {
-                    tracing::warn!(error = %e, queue = %spec.queue, "re-asserting the topology failed; reconnecting");
-                    publisher_dead = true;
-                    break;
-                }
+            () = reassert_failed.notified(), if !stopping => {
+                publisher_dead = true;
+                break;
             }
             _ = watchdog.tick() => {
                 if !publisher.channel().status().connected() {
@@ -296,7 +310,7 @@ where
         // handlers were dropped with `in_hand`, and their work is idempotent.
         connected(false);
         let _ = connection
-            .close(320, "publisher channel closed".into())
+            .close(200, "publisher channel closed".into())
             .await;
         return Err(SessionError::PublisherClosed);
     }
@@ -311,6 +325,15 @@ where
         Ok(())
     } else {
         Err(SessionError::Ended)
+    }
+}
+
+/// Aborts a background task when the session that started it ends, however it ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

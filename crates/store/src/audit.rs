@@ -59,16 +59,6 @@ impl AttemptAudit {
     }
 }
 
-fn status(text: &str) -> Result<DeliveryStatus, StoreError> {
-    Ok(match text {
-        "pending" => DeliveryStatus::Pending,
-        "succeeded" => DeliveryStatus::Succeeded,
-        "failed" => DeliveryStatus::Failed,
-        "skipped" => DeliveryStatus::Skipped,
-        other => return Err(StoreError::Corrupt(format!("delivery status {other}"))),
-    })
-}
-
 impl Store {
     /// Every webhook that is not deleted, in id order.
     #[tracing::instrument(skip_all)]
@@ -129,7 +119,7 @@ impl Store {
                     id: DeliveryId::from_uuid(r.try_get(0)?),
                     event: EventId::from_uuid(r.try_get(1)?),
                     webhook: WebhookId::from_uuid(r.try_get(2)?),
-                    status: status(r.try_get(3)?)?,
+                    status: DeliveryStatus::parse(r.try_get(3)?)?,
                     attempts: r.try_get(4)?,
                     skip_reason: r.try_get(5)?,
                 })

@@ -33,7 +33,7 @@ impl DeliveryStatus {
         }
     }
 
-    fn parse(text: &str) -> Result<Self, StoreError> {
+    pub(crate) fn parse(text: &str) -> Result<Self, StoreError> {
         Ok(match text {
             "pending" => DeliveryStatus::Pending,
             "succeeded" => DeliveryStatus::Succeeded,

@@ -12,6 +12,27 @@ use tokio_postgres::NoTls;
 
 use crate::{PATIENCE, System, sample};
 
+/// Deletes an exchange of the system's topology from the broker, under the running services.
+async fn delete_exchange(system: &System, exchange: &str) {
+    let connection = system.broker.connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+}
+
+/// The fault landed: the service's broker connection (`before`) was replaced by a new one,
+/// which only the closed publisher channel ending its session explains.
+fn assert_reconnected(service: &str, before: &std::collections::BTreeSet<String>) {
+    assert_eq!(before.len(), 1, "one {service} connection before the fault");
+    let after = aioka_e2e::connections(service);
+    assert!(
+        after.len() == 1 && after.is_disjoint(before),
+        "the session of {service} never ended: connections {before:?} then {after:?}"
+    );
+}
+
 /// How many times the receiver saw each attempt number.
 fn attempts_seen(receiver: &Receiver) -> BTreeMap<u32, usize> {
     let mut seen = BTreeMap::new();
@@ -109,15 +130,9 @@ async fn a_publisher_channel_closed_by_the_broker_ends_the_delivery_session_and_
     receiver.respond_with(500);
     // Publishing the first retry to an exchange that is gone makes the broker close the
     // delivery service's publisher channel.
-    let conn = system.broker.connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .exchange_delete(
-            system.broker.topology().retry_exchange().as_str().into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await
-        .unwrap();
+    let service = format!("\"aioka-delivery@{}\"", system.broker.prefix);
+    let before = aioka_e2e::connections(&service);
+    delete_exchange(&system, &system.broker.topology().retry_exchange()).await;
     system
         .publish(&producer, sample(EventType::VerdictNew))
         .await;
@@ -125,6 +140,7 @@ async fn a_publisher_channel_closed_by_the_broker_ends_the_delivery_session_and_
     // A new session declares the topology again, and the redelivered task schedules its
     // retry: the whole chain is sent.
     wait_for_attempt(&receiver, 4).await;
+    assert_reconnected(&service, &before);
     let logged = system
         .wait_for_delivery(&customer, &webhook, |d| d["status"] == "failed")
         .await;
@@ -145,25 +161,15 @@ async fn a_publisher_channel_closed_by_the_broker_ends_the_fanout_session_and_th
     let (receiver, _customer, producer, _webhook, _) = system.subscriber(&["verdict.new"]).await;
     // Fan-out's first task publish goes to an exchange that is gone: the broker closes its
     // publisher channel. Before, fanout held the event forever while /readyz said 200.
-    let conn = system.broker.connect().await;
-    let channel = conn.create_channel().await.unwrap();
-    channel
-        .exchange_delete(
-            system
-                .broker
-                .topology()
-                .deliveries_exchange()
-                .as_str()
-                .into(),
-            ExchangeDeleteOptions::default(),
-        )
-        .await
-        .unwrap();
+    let service = format!("\"aioka-fanout@{}\"", system.broker.prefix);
+    let before = aioka_e2e::connections(&service);
+    delete_exchange(&system, &system.broker.topology().deliveries_exchange()).await;
     system
         .publish(&producer, sample(EventType::VerdictNew))
         .await;
     let got = receiver.wait_for(1, PATIENCE).await;
     assert_eq!(got.len(), 1);
+    assert_reconnected(&service, &before);
 }
 
 #[tokio::test]
