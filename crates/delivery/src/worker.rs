@@ -224,11 +224,12 @@ impl Worker {
         redelivered: bool,
     ) -> Done {
         // A redelivered task may have been sent and recorded by a process that died before
-        // acking it: look before sending. Tasks that come for the first time (first attempts
-        // and retries, nearly all of them) skip this read; a copy of a retry (published again
-        // by `resume_chain` after a crash) arrives with the original, and its duplicate record
-        // stops it.
-        if redelivered {
+        // acking it, and a retry may be a copy of one already made: look before sending.
+        // The copy `resume_chain` publishes after a lost ack comes seconds after the
+        // original (once the broker or the process is back), by when the original is
+        // usually recorded. First attempts that come for the first time (nearly all of the
+        // traffic) skip this read.
+        if redelivered || task.attempt_in_series() > 1 {
             let Some(state) = self.chain_state(&task).await else {
                 return Done::Requeue;
             };
