@@ -180,24 +180,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .retry_schedule
             .parse()
             .context("delivery.retry_schedule")?;
-        let topology = aioka_queue::Topology::new(
-            &settings.amqp.prefix,
-            schedule.tiers(),
-            settings.amqp.delivery_limit,
-        );
+        let topology = settings.amqp.topology(schedule.tiers());
+        let nodes = settings.amqp.nodes();
         return match parking {
-            ParkingCommand::List { limit } => {
-                parking::list(&settings.amqp.url, &topology, *limit).await
-            }
-            ParkingCommand::Replay { limit } => {
-                parking::replay(&settings.amqp.url, &topology, *limit).await
-            }
+            ParkingCommand::List { limit } => parking::list(&nodes, &topology, *limit).await,
+            ParkingCommand::Replay { limit } => parking::replay(&nodes, &topology, *limit).await,
             ParkingCommand::Purge { yes: false } => {
                 bail!("purge deletes every parked message for good; add --yes to confirm")
             }
-            ParkingCommand::Purge { yes: true } => {
-                parking::purge(&settings.amqp.url, &topology).await
-            }
+            ParkingCommand::Purge { yes: true } => parking::purge(&nodes, &topology).await,
         };
     }
     let store = Store::connect(&settings.database)?;

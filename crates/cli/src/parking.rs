@@ -105,7 +105,16 @@ pub async fn replay(url: &str, topology: &Topology, limit: usize) -> anyhow::Res
                 header_str(props.headers().as_ref(), ORIGINAL_KEY_HEADER)
                     .unwrap_or_else(|| message.delivery.routing_key.as_str().to_owned()),
             )),
-            Some("delivery") => Some((topology.deliveries_exchange(), DELIVERY_KEY.to_owned())),
+            // A task goes back to its webhook's shard; one that does not parse, to shard 0,
+            // whose consumer parks it again.
+            Some("delivery") => Some(
+                match aioka_core::messages::Task::from_bytes(&message.delivery.data) {
+                    Ok(aioka_core::messages::Task::V1(task)) => {
+                        topology.task_route(task.webhook_id)
+                    }
+                    Err(_) => (topology.deliveries_exchange(), DELIVERY_KEY.to_owned()),
+                },
+            ),
             _ => None,
         };
         let Some((exchange, key)) = destination else {

@@ -11,6 +11,7 @@ pub mod ids;
 pub mod messages;
 pub mod retry;
 pub mod secret;
+pub mod shard;
 pub mod signing;
 pub mod tier;
 pub mod url_policy;

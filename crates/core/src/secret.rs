@@ -19,6 +19,17 @@ const REDACTED: &str = "[redacted]";
 /// A connection URL with its password replaced by `REDACTED`, for `Debug` and logs. A text
 /// that does not parse as a URL is redacted whole, since it might be anything.
 pub fn redact_url(text: &str) -> String {
+    if text.contains(',') {
+        // A list of URLs (the nodes of a cluster): each on its own.
+        return text
+            .split(',')
+            .map(|one| redact_url(one.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
+    if text.is_empty() {
+        return String::new();
+    }
     match url::Url::parse(text) {
         Ok(mut url) => {
             if url.password().is_some() {
@@ -395,6 +406,11 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/aioka"
         );
         assert_eq!(redact_url("host=x password=y"), "[redacted]");
+        assert_eq!(
+            redact_url("amqp://a:one@127.0.0.1:5681/%2f, amqp://a:two@127.0.0.1:5682/%2f"),
+            "amqp://a:REDACTED@127.0.0.1:5681/%2f,amqp://a:REDACTED@127.0.0.1:5682/%2f",
+            "every URL of a list is redacted"
+        );
     }
 
     #[test]

@@ -20,7 +20,6 @@ mod worker;
 use std::sync::Arc;
 
 use aioka_core::disable::DisableRule;
-use aioka_queue::Topology;
 use aioka_runtime::Health;
 use aioka_store::Store;
 use tokio::net::TcpListener;
@@ -63,36 +62,22 @@ pub async fn run(
         d.record_writers,
         background.clone(),
     );
-    let topology = Topology::new(
-        &settings.amqp.prefix,
-        schedule.tiers(),
-        settings.amqp.delivery_limit,
-    );
-    let mut sampled = vec![
-        topology.delivery_queue(),
-        topology.parking_queue(),
-        topology.defer_queue(),
-    ];
-    sampled.extend(
-        schedule
-            .tiers()
-            .into_iter()
-            .map(|t| topology.retry_queue(t)),
-    );
+    let topology = settings.amqp.topology(schedule.tiers());
+    let mut sampled = vec![topology.parking_queue()];
+    for shard in 0..topology.shards() {
+        sampled.extend(topology.shard_queues(shard));
+    }
     tokio::spawn(aioka_queue::sample_queue_depth(
-        settings.amqp.url.clone(),
+        settings.amqp.nodes(),
         topology.connection_name("aioka-delivery-metrics"),
         sampled,
         std::time::Duration::from_secs(5),
         background.clone(),
     ));
     let worker = Arc::new(worker::Worker {
-        amqp_url: settings.amqp.url.clone(),
-        topology: Topology::new(
-            &settings.amqp.prefix,
-            schedule.tiers(),
-            settings.amqp.delivery_limit,
-        ),
+        amqp_url: settings.amqp.nodes(),
+        shards: settings.shards()?,
+        topology,
         schedule,
         max_in_flight: d.max_in_flight,
         grace: d.shutdown_grace,

@@ -44,9 +44,79 @@ pub struct DeliverySettings {
     pub record_flush_interval: Duration,
     #[serde(deserialize_with = "duration")]
     pub cache_ttl: Duration,
+    /// The delivery shards this process consumes: `all`, or numbers and ranges (`0-3,6`).
+    #[serde(default = "all_shards")]
+    pub shards: String,
+}
+
+fn all_shards() -> String {
+    "all".to_owned()
+}
+
+/// Which delivery shards a process consumes (`delivery.shards`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shards {
+    /// Every shard of the topology, and any left by a larger shard count.
+    All,
+    /// These shards (those below the topology's count).
+    Only(Vec<u16>),
+}
+
+impl Shards {
+    pub fn is_all(&self) -> bool {
+        matches!(self, Shards::All)
+    }
+
+    /// The shards to consume when tasks are routed over `count`.
+    pub fn of(&self, count: u16) -> Vec<u16> {
+        match self {
+            Shards::All => (0..count).collect(),
+            Shards::Only(list) => list.iter().copied().filter(|s| *s < count).collect(),
+        }
+    }
+}
+
+impl std::str::FromStr for Shards {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("all") {
+            return Ok(Shards::All);
+        }
+        let number = |n: &str| {
+            n.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("'{}' is not a shard number", n.trim()))
+        };
+        let mut list = Vec::new();
+        for part in text.split(',') {
+            match part.split_once('-') {
+                Some((from, to)) => {
+                    let (from, to) = (number(from)?, number(to)?);
+                    if from > to {
+                        return Err(format!("range '{}' runs backwards", part.trim()));
+                    }
+                    list.extend(from..=to);
+                }
+                None => list.push(number(part)?),
+            }
+        }
+        list.sort_unstable();
+        list.dedup();
+        Ok(Shards::Only(list))
+    }
 }
 
 impl Settings {
+    /// The shards this process consumes.
+    pub fn shards(&self) -> Result<Shards, SettingsError> {
+        self.delivery
+            .shards
+            .parse()
+            .map_err(|e: String| SettingsError::invalid("delivery", "shards", e))
+    }
+
     pub fn load() -> Result<Self, SettingsError> {
         let settings: Self = aioka_runtime::load()?;
         settings.validate()?;
@@ -60,6 +130,16 @@ impl Settings {
         self.security.encryption_key()?;
         self.health_addr()?;
         self.retry_schedule()?;
+        if let Some((key, problem)) = self.amqp.problem() {
+            return Err(SettingsError::invalid("amqp", key, problem));
+        }
+        let shards = self.shards()?;
+        if shards.of(self.amqp.delivery_shards).is_empty() {
+            return invalid(
+                "shards",
+                "names no shard below amqp.delivery_shards: this process would consume nothing",
+            );
+        }
         if d.timeout.is_zero() {
             return invalid("timeout", "must be more than 0");
         }
@@ -135,12 +215,78 @@ mod tests {
                 "AIOKA__AMQP__URL".to_owned(),
                 "amqp://app:s3cret@mq:5672/%2f".to_owned(),
             ),
+            (
+                "AIOKA__AMQP__URLS".to_owned(),
+                "amqp://app:first@mq1:5672/%2f,amqp://app:second@mq2:5672/%2f".to_owned(),
+            ),
         ])
         .unwrap();
         let printed = format!("{settings:?}");
-        for secret in [key.as_str(), "hunter2", "s3cret"] {
+        for secret in [key.as_str(), "hunter2", "s3cret", "first", "second"] {
             assert!(!printed.contains(secret), "{printed}");
         }
         assert!(printed.contains("[redacted]") && printed.contains("REDACTED"));
+    }
+
+    fn with(pairs: &[(&str, &str)]) -> Result<(), SettingsError> {
+        let key = aioka_core::EncryptionKey::generate().to_base64();
+        let mut env = vec![("AIOKA__SECURITY__SECRET_KEY".to_owned(), key)];
+        env.extend(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        let settings: Settings = aioka_runtime::settings::load_from(env).unwrap();
+        settings.validate()
+    }
+
+    #[test]
+    fn shards_and_node_lists_are_checked_naming_the_setting() {
+        assert!(
+            with(&[
+                ("AIOKA__AMQP__DELIVERY_SHARDS", "4"),
+                ("AIOKA__DELIVERY__SHARDS", "0-1,3")
+            ])
+            .is_ok()
+        );
+        for (pairs, named) in [
+            (
+                &[("AIOKA__AMQP__DELIVERY_SHARDS", "0")][..],
+                "AMQP__DELIVERY_SHARDS",
+            ),
+            (
+                &[("AIOKA__AMQP__DELIVERY_SHARDS", "257")][..],
+                "AMQP__DELIVERY_SHARDS",
+            ),
+            (
+                &[("AIOKA__DELIVERY__SHARDS", "3-1")][..],
+                "DELIVERY__SHARDS",
+            ),
+            (
+                &[("AIOKA__DELIVERY__SHARDS", "one")][..],
+                "DELIVERY__SHARDS",
+            ),
+            // Shard 5 does not exist with 2 shards: this process would consume nothing.
+            (
+                &[
+                    ("AIOKA__AMQP__DELIVERY_SHARDS", "2"),
+                    ("AIOKA__DELIVERY__SHARDS", "5"),
+                ][..],
+                "DELIVERY__SHARDS",
+            ),
+            (
+                &[("AIOKA__AMQP__URL", "amqp://a@h:1/%2f,http://h")][..],
+                "AMQP__URL",
+            ),
+            (&[("AIOKA__AMQP__URLS", " , ")][..], "AMQP__URL"),
+        ] {
+            let e = with(pairs).expect_err(&format!("{pairs:?} is refused"));
+            assert!(e.to_string().contains(named), "{pairs:?}: {e}");
+        }
+        assert_eq!(
+            "0-2,5,1".parse::<Shards>(),
+            Ok(Shards::Only(vec![0, 1, 2, 5]))
+        );
+        assert_eq!(" ALL ".parse::<Shards>(), Ok(Shards::All));
     }
 }

@@ -13,8 +13,8 @@ use aioka_core::retry::{AfterFailure, RetrySchedule, Tier};
 use aioka_queue::lapin::message::Delivery;
 use aioka_queue::lapin::types::AMQPValue;
 use aioka_queue::{
-    ConsumerSpec, DEFER_KEY, Publisher, Topology, extract_trace_context, header_str,
-    inject_trace_context, persistent_json, run_consumer,
+    ConsumerSpec, Publisher, Topology, extract_trace_context, header_str, inject_trace_context,
+    persistent_json, run_consumer,
 };
 use aioka_runtime::Health;
 use aioka_store::{AttemptRecord, ChainState, RecordKind, Store};
@@ -28,6 +28,8 @@ use crate::recorder::{Recorded, Recorder};
 
 pub(crate) struct Worker {
     pub amqp_url: String,
+    /// The shards this process consumes (`delivery.shards`).
+    pub shards: crate::settings::Shards,
     pub topology: Topology,
     pub schedule: RetrySchedule,
     pub max_in_flight: u16,
@@ -105,7 +107,13 @@ impl Worker {
             url: &self.amqp_url,
             topology: &self.topology,
             service: "aioka-delivery",
-            queue: self.topology.delivery_queue(),
+            queues: self
+                .shards
+                .of(self.topology.shards())
+                .into_iter()
+                .map(|s| self.topology.shard_queue(s))
+                .collect(),
+            drain_leftover_shards: self.shards.is_all(),
             prefetch: self.max_in_flight,
             grace: self.grace,
         };
@@ -160,13 +168,9 @@ impl Worker {
                 headers.insert(REDELIVERED_HEADER.into(), AMQPValue::LongString("1".into()));
                 props = props.with_headers(headers);
             }
+            let (exchange, key) = self.topology.defer_route(task.webhook_id);
             return match publisher
-                .publish(
-                    &self.topology.retry_exchange(),
-                    DEFER_KEY,
-                    &delivery.data,
-                    props,
-                )
+                .publish(&exchange, &key, &delivery.data, props)
                 .await
             {
                 Ok(()) => {
@@ -389,13 +393,9 @@ impl Worker {
         metrics::counter!("aioka_delivery_retries_total", "tier" => tier.to_string()).increment(1);
         let next = Task::V1(task.next_attempt());
         let props = persistent_json(Some(&task.delivery_id.to_string()), inject_trace_context());
+        let (exchange, key) = self.topology.retry_route(task.webhook_id, tier);
         match publisher
-            .publish(
-                &self.topology.retry_exchange(),
-                &tier.to_string(),
-                &next.to_bytes(),
-                props,
-            )
+            .publish(&exchange, &key, &next.to_bytes(), props)
             .await
         {
             Ok(()) => true,

@@ -48,7 +48,7 @@ pub struct Options {
     pub broker_users: bool,
 }
 
-/// A fanout a test started and stops on its own.
+/// A service (fanout or delivery) a test started and stops on its own.
 #[derive(Debug)]
 pub struct Fanout {
     pub shutdown: CancellationToken,
@@ -171,14 +171,47 @@ impl System {
     /// Starts one more fanout with the system's settings and a shutdown token of its own,
     /// and waits until it is ready.
     pub async fn spawn_fanout(&self) -> Fanout {
+        self.spawn_fanout_with(&[]).await
+    }
+
+    /// As [`System::spawn_fanout`], with settings of its own on top of the system's.
+    pub async fn spawn_fanout_with(&self, settings: &[(&str, String)]) -> Fanout {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(aioka_fanout::run(
-            self.env.load(),
+            self.env_with(settings).load(),
             listener,
             shutdown.clone(),
         ));
+        self.await_ready(&admin).await;
+        Fanout { shutdown, task }
+    }
+
+    /// Starts one more delivery service with the system's settings (and `settings` on
+    /// top) and a shutdown token of its own, and waits until it is ready.
+    pub async fn spawn_delivery(&self, settings: &[(&str, String)]) -> Fanout {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(aioka_delivery::run(
+            self.env_with(settings).load(),
+            listener,
+            shutdown.clone(),
+        ));
+        self.await_ready(&admin).await;
+        Fanout { shutdown, task }
+    }
+
+    fn env_with(&self, settings: &[(&str, String)]) -> TestEnv {
+        let mut env = self.env.clone();
+        for (k, v) in settings {
+            env.set(k, v);
+        }
+        env
+    }
+
+    async fn await_ready(&self, admin: &str) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if let Ok(r) = self.client.get(format!("{admin}/readyz")).send().await
@@ -192,7 +225,6 @@ impl System {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Fanout { shutdown, task }
     }
 
     pub async fn receiver(&self) -> Receiver {

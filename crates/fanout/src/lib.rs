@@ -10,7 +10,6 @@
 pub mod settings;
 mod worker;
 
-use aioka_queue::Topology;
 use aioka_runtime::Health;
 use aioka_store::Store;
 use tokio::net::TcpListener;
@@ -27,16 +26,12 @@ pub async fn run(
     settings.validate()?;
     let store = Store::connect(&settings.database)?;
     let health = Health::new(&["database", "amqp"]);
-    let topology = Topology::new(
-        &settings.amqp.prefix,
-        settings.retry_schedule()?.tiers(),
-        settings.amqp.delivery_limit,
-    );
+    let topology = settings.amqp.topology(settings.retry_schedule()?.tiers());
     let server = health.serve(health_listener, shutdown.clone());
     health.watch("database", store.readiness_probe(), shutdown.clone());
 
     tokio::spawn(aioka_queue::sample_queue_depth(
-        settings.amqp.url.clone(),
+        settings.amqp.nodes(),
         topology.connection_name("aioka-fanout-metrics"),
         vec![topology.fanout_queue()],
         std::time::Duration::from_secs(5),

@@ -45,6 +45,9 @@ impl Settings {
         self.health_addr()?;
         self.retry_schedule()?;
         self.security.encryption_key()?;
+        if let Some((key, problem)) = self.amqp.problem() {
+            return Err(SettingsError::invalid("amqp", key, problem));
+        }
         if self.fanout.chunk_size == 0 || self.fanout.chunk_size > 10_000 {
             return Err(SettingsError::invalid(
                 "fanout",

@@ -7,8 +7,8 @@ use aioka_core::messages::{DeliveryTask, Task};
 use aioka_core::{DeliveryId, WebhookId};
 use aioka_queue::lapin::message::Delivery;
 use aioka_queue::{
-    ConsumerSpec, DELIVERY_KEY, Pending, Publisher, QueueError, Topology, extract_trace_context,
-    header_str, inject_trace_context, persistent_json, run_consumer,
+    ConsumerSpec, Pending, Publisher, QueueError, Topology, extract_trace_context, header_str,
+    inject_trace_context, persistent_json, run_consumer,
 };
 use aioka_runtime::Health;
 use aioka_store::{Claim, EventSource, NewEvent, Progress, Store, StoreError};
@@ -57,12 +57,14 @@ fn still_held(progress: Progress) -> Result<(), Transient> {
 impl Worker {
     /// Consumes until `shutdown`, reconnecting when the broker goes away.
     pub async fn run(&self, shutdown: CancellationToken) {
+        let nodes = self.settings.amqp.nodes();
         let spec = ConsumerSpec {
             part: aioka_queue::Part::Fanout,
-            url: &self.settings.amqp.url,
+            url: &nodes,
             topology: &self.topology,
             service: "aioka-fanout",
-            queue: self.topology.fanout_queue(),
+            queues: vec![self.topology.fanout_queue()],
+            drain_leftover_shards: false,
             prefetch: self.settings.fanout.prefetch,
             grace: self.settings.fanout.shutdown_grace,
         };
@@ -271,10 +273,10 @@ impl Worker {
         webhooks: &[WebhookId],
     ) -> Result<Vec<Pending>, QueueError> {
         let headers = inject_trace_context();
-        let exchange = self.topology.deliveries_exchange();
         let mut pending = Vec::with_capacity(webhooks.len());
         for webhook in webhooks {
             let delivery_id = DeliveryId::for_pair(event.id, *webhook);
+            let (exchange, key) = self.topology.task_route(*webhook);
             let task = Task::V1(
                 DeliveryTask {
                     delivery_id,
@@ -291,7 +293,7 @@ impl Worker {
             let props = persistent_json(Some(&delivery_id.to_string()), headers.clone());
             pending.push(
                 publisher
-                    .start(&exchange, DELIVERY_KEY, &task.to_bytes(), props)
+                    .start(&exchange, &key, &task.to_bytes(), props)
                     .await?,
             );
         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use aioka_core::event::{Envelope, EventType, now_timestamp};
 use aioka_core::messages::{DeliveryTask, Task};
 use aioka_core::{DeliveryId, EventId, FieldError, WebhookId};
-use aioka_queue::{DELIVERY_KEY, Published, inject_trace_context, persistent_json};
+use aioka_queue::{Published, inject_trace_context, persistent_json};
 use aioka_store::{DeliveryRecord, EventSource, NewEvent, ResendError};
 use axum::Json;
 use axum::extract::{Query, State};
@@ -110,9 +110,14 @@ pub async fn list(
     })))
 }
 
-fn task_message(task: DeliveryTask) -> (String, Vec<u8>, aioka_queue::lapin::BasicProperties) {
+/// A task's routing key (its webhook's shard), bytes and properties.
+fn task_message(
+    topology: &aioka_queue::Topology,
+    task: DeliveryTask,
+) -> (String, Vec<u8>, aioka_queue::lapin::BasicProperties) {
     let props = persistent_json(Some(&task.delivery_id.to_string()), inject_trace_context());
-    (DELIVERY_KEY.to_owned(), Task::V1(task).to_bytes(), props)
+    let (_, key) = topology.task_route(task.webhook_id);
+    (key, Task::V1(task).to_bytes(), props)
 }
 
 /// `POST /v1/webhooks/test` `{"webhook_id"?, "event"?}`: a signed sample event through the
@@ -203,6 +208,7 @@ pub async fn send_test(
         .iter()
         .map(|webhook| {
             let (key, bytes, props) = task_message(
+                state.publisher.topology(),
                 DeliveryTask {
                     delivery_id: DeliveryId::for_pair(event_id, *webhook),
                     event_id,
@@ -352,6 +358,7 @@ pub async fn retry(
             ResendError::Store(e) => e.into(),
         })?;
     let (key, bytes, props) = task_message(
+        state.publisher.topology(),
         DeliveryTask {
             delivery_id: delivery,
             event_id: resend.event_id,

@@ -17,7 +17,7 @@ mod webhooks;
 use std::future::IntoFuture;
 use std::sync::Arc;
 
-use aioka_queue::{SharedPublisher, Topology};
+use aioka_queue::SharedPublisher;
 use aioka_runtime::Health;
 use aioka_store::Store;
 use tokio::net::TcpListener;
@@ -55,13 +55,9 @@ pub async fn run(
     settings.validate()?;
     let encryption_key = Arc::new(settings.security.encryption_key()?);
     let store = Store::connect(&settings.database)?;
-    let topology = Topology::new(
-        &settings.amqp.prefix,
-        settings.retry_schedule()?.tiers(),
-        settings.amqp.delivery_limit,
-    );
+    let topology = settings.amqp.topology(settings.retry_schedule()?.tiers());
     let publisher = Arc::new(SharedPublisher::new(
-        &settings.amqp.url,
+        &settings.amqp.nodes(),
         &topology.connection_name("aioka-gateway"),
         topology,
     ));

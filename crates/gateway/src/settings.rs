@@ -48,6 +48,10 @@ impl Settings {
         self.security.encryption_key()?;
         self.listen_addr()?;
         self.admin_addr()?;
+        if let Some((key, problem)) = self.amqp.problem() {
+            return Err(SettingsError::invalid("amqp", key, problem));
+        }
+
         if self.gateway.max_body_bytes < 1024 {
             return Err(SettingsError::invalid(
                 "gateway",

@@ -107,7 +107,11 @@ pub struct ConsumerSpec<'a> {
     pub topology: &'a Topology,
     /// The service name, for the connection name and consumer tag.
     pub service: &'a str,
-    pub queue: String,
+    /// The queues consumed, all in one session (delivery consumes every shard it is given).
+    pub queues: Vec<String>,
+    /// Also consume delivery shards past the topology's count that still exist (left by a
+    /// larger `amqp.delivery_shards`), so lowering the count strands nothing.
+    pub drain_leftover_shards: bool,
     /// The queues this service declares at the start of each session.
     pub part: crate::Part,
     /// Messages in flight at most: the broker sends no more until one is acked.
@@ -127,7 +131,7 @@ enum SessionError {
     PublisherClosed,
 }
 
-/// Consumes `spec.queue` until `shutdown`: connects, declares the topology, and hands every
+/// Consumes `spec.queues` until `shutdown`: connects, declares the topology, and hands every
 /// message to `handle` with a confirm-mode publisher, `spec.prefetch` at a time. When the
 /// broker goes away it reconnects with backoff (100 ms doubling to 5 s, restarting after a
 /// healthy session); `connected` is told each change, for readiness. On shutdown it stops
@@ -151,7 +155,7 @@ pub async fn run_consumer<H, Fut>(
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(100);
                 }
-                tracing::warn!(error = %e, retry_in = ?backoff, queue = %spec.queue, "broker session ended");
+                tracing::warn!(error = %e, retry_in = ?backoff, queues = ?spec.queues, "broker session ended");
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -177,31 +181,45 @@ where
     spec.topology
         .declare_part(publisher.channel(), spec.part)
         .await?;
-    // The prefetch is spread over channels of at most PER_CHANNEL messages each. RabbitMQ
-    // finds the message a single ack names by walking its channel's unacked list from the
-    // oldest: with one channel of 2048 and a few attempts hanging at the head for 10 s, every
-    // ack walked (and copied) hundreds of entries, and the broker's CPU tripled.
-    let channels = spec.prefetch.max(1).div_ceil(PER_CHANNEL);
-    let per_channel = spec.prefetch.max(1).div_ceil(channels);
-    let mut open = Vec::with_capacity(usize::from(channels));
-    let mut streams = Vec::with_capacity(usize::from(channels));
-    for _ in 0..channels {
-        let (channel, consumer) =
-            consume(&connection, &spec.queue, spec.service, per_channel).await?;
-        open.push(channel);
-        // Each consumer's end shows as a `None` item, so one closed channel ends the session.
-        streams.push(
-            consumer
-                .map(Some)
-                .chain(futures_util::stream::once(async { None }))
-                .boxed(),
-        );
+    let mut queues = spec.queues.clone();
+    if spec.drain_leftover_shards {
+        queues.extend(leftover_shards(&connection, spec.topology).await?);
     }
+    // The prefetch is shared by the queues, and each queue's share is spread over channels
+    // of at most PER_CHANNEL messages each. RabbitMQ finds the message a single ack names by
+    // walking its channel's unacked list from the oldest: with one channel of 2048 and a few
+    // attempts hanging at the head for 10 s, every ack walked (and copied) hundreds of
+    // entries, and the broker's CPU tripled. (Quorum queues have no per-channel prefetch
+    // shared by several consumers, so each queue gets a share.)
+    let count = u16::try_from(queues.len().max(1)).unwrap_or(u16::MAX);
+    let per_queue = spec.prefetch.max(1).div_ceil(count);
+    let channels = per_queue.div_ceil(PER_CHANNEL);
+    let per_channel = per_queue.div_ceil(channels);
+    let mut open = Vec::new();
+    let mut streams = Vec::new();
+    for queue in &queues {
+        for _ in 0..channels {
+            let (channel, consumer) =
+                consume(&connection, queue, spec.service, per_channel).await?;
+            open.push(channel);
+            // Each consumer's end shows as a `None` item, so one closed channel ends the
+            // session.
+            streams.push(
+                consumer
+                    .map(Some)
+                    .chain(futures_util::stream::once(async { None }))
+                    .boxed(),
+            );
+        }
+    }
+    let channels = open.len();
     let consumer = futures_util::stream::select_all(streams);
     connected(true);
-    tracing::info!(queue = %spec.queue, prefetch = spec.prefetch, channels, "consuming");
+    let queue = queues.join(",");
+    tracing::info!(%queue, prefetch = spec.prefetch, channels, "consuming");
     let handle_one = |delivery: Delivery| {
         let publisher = publisher.clone();
+        let queue = &queue;
         async move {
             // A handler that panics must not take the consumer down with it: the message
             // goes back to its queue, and after the queue's delivery limit the broker parks
@@ -211,8 +229,8 @@ where
                 .catch_unwind()
                 .await;
             if handled.is_err() {
-                tracing::error!(queue = %spec.queue, "message handler panicked; requeueing");
-                metrics::counter!("aioka_handler_panics_total", "queue" => spec.queue.clone())
+                tracing::error!(queue = %queue, "message handler panicked; requeueing");
+                metrics::counter!("aioka_handler_panics_total", "queue" => queue.to_owned())
                     .increment(1);
                 let options = BasicNackOptions {
                     requeue: true,
@@ -249,7 +267,7 @@ where
             spec.part,
         );
         let failed = reassert_failed.clone();
-        let queue = spec.queue.clone();
+        let queue = queue.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(REASSERT_TOPOLOGY).await;
@@ -284,7 +302,7 @@ where
             }
             _ = watchdog.tick() => {
                 if !publisher.channel().status().connected() {
-                    tracing::warn!(queue = %spec.queue, in_hand = in_hand.len(), "the publisher channel closed under the session; reconnecting");
+                    tracing::warn!(%queue, in_hand = in_hand.len(), "the publisher channel closed under the session; reconnecting");
                     publisher_dead = true;
                     break;
                 }
@@ -326,6 +344,35 @@ where
     } else {
         Err(SessionError::Ended)
     }
+}
+
+/// Delivery shards numbered from the topology's count up that exist on the broker (each
+/// probed by a passive declare on a channel of its own, which a missing queue closes), up to
+/// the first that does not.
+async fn leftover_shards(
+    connection: &Connection,
+    topology: &Topology,
+) -> Result<Vec<String>, QueueError> {
+    let mut found = Vec::new();
+    for shard in topology.shards()..aioka_core::shard::MAX_SHARDS {
+        let queue = topology.shard_queue(shard);
+        let channel = connection.create_channel().await?;
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..lapin::options::QueueDeclareOptions::default()
+        };
+        let exists = channel
+            .queue_declare(queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_ok();
+        let _ = channel.close(200, "probed".into()).await;
+        if !exists {
+            break;
+        }
+        tracing::warn!(%queue, shards = topology.shards(), "consuming a delivery shard left by a larger shard count until it is deleted");
+        found.push(queue);
+    }
+    Ok(found)
 }
 
 /// Aborts a background task when the session that started it ends, however it ends.

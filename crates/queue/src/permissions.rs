@@ -115,30 +115,27 @@ pub fn permissions(topology: &Topology, role: Role) -> Permissions {
                 ]),
             }
         }
+        // Every shard's queues, whatever the shard count, so changing it needs no new
+        // permissions: `aioka.delivery` and `aioka.delivery.<i>`, likewise the defer and
+        // retry wait queues.
         Role::Delivery => {
-            let tiers = format!("{}\\.[^.]+", escape(&topology.retry_exchange()));
-            let names = |mut names: Vec<String>| {
-                let mut escaped: Vec<String> = names.drain(..).map(|n| escape(&n)).collect();
-                escaped.push(tiers.clone());
-                format!("^({})$", escaped.join("|"))
+            let sharded = |name: String| format!("{}(\\.[0-9]+)?", escape(&name));
+            let tiers = format!("{}\\.[^.]+(\\.[0-9]+)?", escape(&topology.retry_exchange()));
+            let names = |exchanges: Vec<String>| {
+                let mut alternatives: Vec<String> = exchanges.iter().map(|n| escape(n)).collect();
+                alternatives.push(sharded(topology.delivery_queue()));
+                alternatives.push(sharded(topology.defer_queue()));
+                alternatives.push(tiers.clone());
+                format!("^({})$", alternatives.join("|"))
             };
-            let own = vec![
-                topology.delivery_queue(),
-                topology.defer_queue(),
-                topology.parking_queue(),
-            ];
             Permissions {
-                configure: names([topology.exchanges(), own.clone()].concat()),
+                configure: names([topology.exchanges(), vec![topology.parking_queue()]].concat()),
                 write: names(vec![
-                    topology.delivery_queue(),
-                    topology.defer_queue(),
                     topology.parking_exchange(),
                     topology.deliveries_exchange(),
                     topology.retry_exchange(),
                 ]),
                 read: names(vec![
-                    topology.delivery_queue(),
-                    topology.defer_queue(),
                     topology.deliveries_exchange(),
                     topology.retry_exchange(),
                     topology.parking_exchange(),
@@ -165,7 +162,8 @@ mod tests {
         assert_eq!(escape("a.b*c"), "a\\.b\\*c");
         let t = Topology::new("my.app", Vec::new(), 20);
         let read = permissions(&t, Role::Delivery).read;
-        assert!(read.starts_with("^(my\\.app\\.delivery|"), "{read}");
+        assert!(read.starts_with("^(my\\.app\\.deliveries|"), "{read}");
+        assert!(read.contains("|my\\.app\\.delivery(\\.[0-9]+)?|"), "{read}");
     }
 
     #[test]

@@ -11,6 +11,8 @@ use lapin::{Confirmation, PublisherConfirm};
 pub enum QueueError {
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("no RabbitMQ node accepted a connection within 5 s")]
+    ConnectTimeout,
     #[error("RabbitMQ refused the message (nack); it was not stored")]
     Nacked,
     #[error("no queue is bound for exchange '{exchange}' and routing key '{routing_key}'")]
@@ -20,10 +22,46 @@ pub enum QueueError {
     },
 }
 
-/// Opens a connection named `name` (shown in the broker's connection list).
-pub async fn connect(url: &str, name: &str) -> Result<Connection, QueueError> {
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Ok(Connection::connect(url, properties).await?)
+/// How long one node may take to accept a connection before the next is tried.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens a connection named `name` (shown in the broker's connection list) to one of the
+/// nodes `urls` names: one AMQP URL, or several separated by commas (the nodes of one
+/// cluster). Each call starts at the next node in turn, so a process's connections spread
+/// over the nodes and a reconnect after a node went away tries another first; nodes that
+/// refuse or time out are skipped, and the error is the last node's.
+pub async fn connect(urls: &str, name: &str) -> Result<Connection, QueueError> {
+    static TURN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nodes = split_urls(urls);
+    let start = TURN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut last = None;
+    for i in 0..nodes.len().max(1) {
+        let url = nodes
+            .get((start + i) % nodes.len().max(1))
+            .copied()
+            .unwrap_or(urls);
+        let properties = ConnectionProperties::default().with_connection_name(name.into());
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+            Ok(Ok(connection)) => return Ok(connection),
+            Ok(Err(e)) => {
+                tracing::debug!(node = %aioka_core::secret::redact_url(url), error = %e, "broker node refused; trying the next");
+                last = Some(QueueError::Amqp(e));
+            }
+            Err(_) => {
+                tracing::debug!(node = %aioka_core::secret::redact_url(url), "broker node timed out; trying the next");
+                last = Some(QueueError::ConnectTimeout);
+            }
+        }
+    }
+    Err(last.unwrap_or(QueueError::ConnectTimeout))
+}
+
+/// The URLs of a comma-separated list, trimmed, empty entries dropped.
+pub fn split_urls(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect()
 }
 
 /// Properties of every message we publish: persistent JSON, with its id and trace context.

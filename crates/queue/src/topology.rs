@@ -27,21 +27,76 @@ pub const PARK_REASON_HEADER: &str = "x-aioka-park-reason";
 /// Header naming the queue a parked message came from.
 pub const PARK_SOURCE_HEADER: &str = "x-aioka-park-source";
 
-/// `[amqp]` settings. `Debug` hides the URL's password.
+/// `[amqp]` settings. `Debug` hides the URLs' passwords.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
+    /// One AMQP URL, or the nodes of a cluster separated by commas.
     pub url: String,
+    /// The nodes of a cluster, separated by commas; when set, used instead of `url`.
+    #[serde(default)]
+    pub urls: String,
     pub prefix: String,
     pub delivery_limit: u32,
+    /// How many queues delivery tasks are sharded over (by webhook id).
+    #[serde(default = "one")]
+    pub delivery_shards: u16,
+}
+
+fn one() -> u16 {
+    1
+}
+
+impl AmqpSettings {
+    /// The broker nodes to connect to, as [`crate::connect`] takes them.
+    pub fn nodes(&self) -> String {
+        if self.urls.trim().is_empty() {
+            self.url.clone()
+        } else {
+            self.urls.clone()
+        }
+    }
+
+    /// The setting that is wrong and why, if one is.
+    pub fn problem(&self) -> Option<(&'static str, String)> {
+        let key = if self.urls.trim().is_empty() {
+            "url"
+        } else {
+            "urls"
+        };
+        let nodes = self.nodes();
+        let list = crate::publisher::split_urls(&nodes);
+        if list.is_empty() {
+            return Some((key, "names no AMQP URL".to_owned()));
+        }
+        for (i, url) in list.iter().enumerate() {
+            if let Err(e) = url.parse::<lapin::uri::AMQPUri>() {
+                return Some((key, format!("entry {} is not an AMQP URL ({e})", i + 1)));
+            }
+        }
+        if !(1..=aioka_core::shard::MAX_SHARDS).contains(&self.delivery_shards) {
+            return Some((
+                "delivery_shards",
+                format!("must be from 1 to {}", aioka_core::shard::MAX_SHARDS),
+            ));
+        }
+        None
+    }
+
+    /// The topology these settings name, with the retry schedule's `tiers`.
+    pub fn topology(&self, tiers: Vec<Tier>) -> Topology {
+        Topology::new(&self.prefix, tiers, self.delivery_limit).with_shards(self.delivery_shards)
+    }
 }
 
 impl std::fmt::Debug for AmqpSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmqpSettings")
             .field("url", &aioka_core::secret::redact_url(&self.url))
+            .field("urls", &aioka_core::secret::redact_url(&self.urls))
             .field("prefix", &self.prefix)
             .field("delivery_limit", &self.delivery_limit)
+            .field("delivery_shards", &self.delivery_shards)
             .finish()
     }
 }
@@ -52,6 +107,7 @@ pub struct Topology {
     prefix: String,
     tiers: Vec<Tier>,
     delivery_limit: u32,
+    shards: u16,
 }
 
 /// Which queues a service declares (see [`Topology::declare_part`]).
@@ -72,7 +128,26 @@ impl Topology {
             prefix: prefix.to_owned(),
             tiers,
             delivery_limit: delivery_limit.max(1),
+            shards: 1,
         }
+    }
+
+    /// The same names with delivery work spread over `shards` queues (`amqp.delivery_shards`;
+    /// 1, the default, is the unsharded topology).
+    #[must_use]
+    pub fn with_shards(mut self, shards: u16) -> Self {
+        self.shards = shards.clamp(1, aioka_core::shard::MAX_SHARDS);
+        self
+    }
+
+    /// How many delivery shards tasks are routed over.
+    pub fn shards(&self) -> u16 {
+        self.shards
+    }
+
+    /// The shard of `webhook`'s tasks (`aioka_core::shard::shard_of`).
+    pub fn shard_of(&self, webhook: aioka_core::WebhookId) -> u16 {
+        aioka_core::shard::shard_of(webhook, self.shards)
     }
 
     /// The name prefix of every exchange and queue.
@@ -95,18 +170,58 @@ impl Topology {
     pub fn deliveries_exchange(&self) -> String {
         format!("{}.deliveries", self.prefix)
     }
+    /// Shard 0's delivery queue, the only one of an unsharded topology.
     pub fn delivery_queue(&self) -> String {
-        format!("{}.delivery", self.prefix)
+        self.shard_queue(0)
+    }
+    /// Shard `shard`'s delivery queue: `aioka.delivery` for shard 0 (the unsharded name, so
+    /// going from 1 shard to more keeps the queue that exists), `aioka.delivery.<i>` after.
+    pub fn shard_queue(&self, shard: u16) -> String {
+        sharded(format!("{}.delivery", self.prefix), shard)
+    }
+    /// The routing key of shard `shard`'s tasks on the deliveries exchange.
+    pub fn delivery_key(&self, shard: u16) -> String {
+        sharded(DELIVERY_KEY.to_owned(), shard)
+    }
+    /// Where a task of `webhook` is published: the deliveries exchange and its shard's key.
+    pub fn task_route(&self, webhook: aioka_core::WebhookId) -> (String, String) {
+        (
+            self.deliveries_exchange(),
+            self.delivery_key(self.shard_of(webhook)),
+        )
+    }
+    /// Where a retry of `webhook`'s task waits `tier`: the retry exchange and the key of
+    /// its shard's wait queue, which dead-letters back to the same shard.
+    pub fn retry_route(&self, webhook: aioka_core::WebhookId, tier: Tier) -> (String, String) {
+        (
+            self.retry_exchange(),
+            sharded(tier.to_string(), self.shard_of(webhook)),
+        )
+    }
+    /// Where a put-off task of `webhook` waits (`DEFER_DELAY_MS`), back to its shard.
+    pub fn defer_route(&self, webhook: aioka_core::WebhookId) -> (String, String) {
+        (
+            self.retry_exchange(),
+            sharded(DEFER_KEY.to_owned(), self.shard_of(webhook)),
+        )
     }
     pub fn retry_exchange(&self) -> String {
         format!("{}.retry", self.prefix)
     }
+    /// Shard 0's wait queue of `tier`.
     pub fn retry_queue(&self, tier: Tier) -> String {
-        format!("{}.retry.{tier}", self.prefix)
+        self.shard_retry_queue(tier, 0)
     }
-    /// The wait queue of put-off tasks (`DEFER_DELAY_MS`), back to the deliveries exchange.
+    pub fn shard_retry_queue(&self, tier: Tier, shard: u16) -> String {
+        sharded(format!("{}.retry.{tier}", self.prefix), shard)
+    }
+    /// Shard 0's wait queue of put-off tasks (`DEFER_DELAY_MS`), back to the deliveries
+    /// exchange.
     pub fn defer_queue(&self) -> String {
-        format!("{}.defer", self.prefix)
+        self.shard_defer_queue(0)
+    }
+    pub fn shard_defer_queue(&self, shard: u16) -> String {
+        sharded(format!("{}.defer", self.prefix), shard)
     }
     pub fn parking_exchange(&self) -> String {
         format!("{}.parking", self.prefix)
@@ -117,13 +232,22 @@ impl Topology {
 
     /// Every queue this topology declares, for inspection and test clean-up.
     pub fn queues(&self) -> Vec<String> {
-        let mut queues = vec![
-            self.fanout_queue(),
-            self.delivery_queue(),
-            self.parking_queue(),
-            self.defer_queue(),
-        ];
-        queues.extend(self.tiers.iter().map(|t| self.retry_queue(*t)));
+        let mut queues = vec![self.fanout_queue(), self.parking_queue()];
+        for shard in 0..self.shards {
+            queues.extend(self.shard_queues(shard));
+        }
+        queues
+    }
+
+    /// The delivery queues of every shard, for consumers and depth gauges.
+    pub fn delivery_queues(&self) -> Vec<String> {
+        (0..self.shards).map(|s| self.shard_queue(s)).collect()
+    }
+
+    /// One shard's queues: its delivery queue, its defer queue, its retry wait queues.
+    pub fn shard_queues(&self, shard: u16) -> Vec<String> {
+        let mut queues = vec![self.shard_queue(shard), self.shard_defer_queue(shard)];
+        queues.extend(self.tiers.iter().map(|t| self.shard_retry_queue(*t, shard)));
         queues
     }
 
@@ -154,9 +278,8 @@ impl Topology {
         self.bind(channel, &self.parking_queue(), &self.parking_exchange(), "")
             .await?;
 
-        let consumed = self.consumed_queue_args();
         if matches!(part, Part::All | Part::Fanout) {
-            self.queue(channel, &self.fanout_queue(), consumed.clone())
+            self.queue(channel, &self.fanout_queue(), self.consumed_queue_args())
                 .await?;
             self.bind(channel, &self.fanout_queue(), &self.events_exchange(), "#")
                 .await?;
@@ -164,24 +287,50 @@ impl Topology {
         if !matches!(part, Part::All | Part::Delivery) {
             return Ok(());
         }
-        self.queue(channel, &self.delivery_queue(), consumed)
-            .await?;
+        for shard in 0..self.shards {
+            self.declare_shard(channel, shard).await?;
+        }
+        Ok(())
+    }
+
+    /// One shard's delivery queue, bound with its key, and its wait queues (retry tiers and
+    /// defer) that dead-letter back to it. Shards past 0 ask for their leader on the node
+    /// with the fewest leaders (`x-queue-leader-locator=balanced`), so a cluster's shards
+    /// spread over its nodes; shard 0 keeps the unsharded queue's arguments (a declared
+    /// queue's arguments cannot change).
+    async fn declare_shard(&self, channel: &Channel, shard: u16) -> Result<(), QueueError> {
+        let mut consumed = self.consumed_queue_args();
+        if shard > 0 {
+            balanced(&mut consumed);
+        }
+        let queue = self.shard_queue(shard);
+        self.queue(channel, &queue, consumed).await?;
         self.bind(
             channel,
-            &self.delivery_queue(),
+            &queue,
             &self.deliveries_exchange(),
-            DELIVERY_KEY,
+            &self.delivery_key(shard),
         )
         .await?;
-
         for tier in &self.tiers {
             let ttl = i64::try_from(tier.delay().as_millis()).unwrap_or(i64::MAX);
-            self.wait_queue(channel, &self.retry_queue(*tier), ttl, &tier.to_string())
-                .await?;
-        }
-        self.wait_queue(channel, &self.defer_queue(), DEFER_DELAY_MS, DEFER_KEY)
+            self.wait_queue(
+                channel,
+                &self.shard_retry_queue(*tier, shard),
+                ttl,
+                &sharded(tier.to_string(), shard),
+                shard,
+            )
             .await?;
-        Ok(())
+        }
+        self.wait_queue(
+            channel,
+            &self.shard_defer_queue(shard),
+            DEFER_DELAY_MS,
+            &sharded(DEFER_KEY.to_owned(), shard),
+            shard,
+        )
+        .await
     }
 
     /// Declares the exchanges only: what the gateway needs to publish, with a user that may
@@ -207,13 +356,14 @@ impl Topology {
     }
 
     /// A queue without consumers whose messages wait `ttl_ms`, then dead-letter back to the
-    /// deliveries exchange; fed by the retry exchange with routing key `key`.
+    /// deliveries exchange with shard `shard`'s key; fed by the retry exchange with `key`.
     async fn wait_queue(
         &self,
         channel: &Channel,
         queue: &str,
         ttl_ms: i64,
         key: &str,
+        shard: u16,
     ) -> Result<(), QueueError> {
         let mut args = quorum();
         put(&mut args, "x-message-ttl", AMQPValue::LongLongInt(ttl_ms));
@@ -222,8 +372,15 @@ impl Topology {
             "x-dead-letter-exchange",
             text(&self.deliveries_exchange()),
         );
-        put(&mut args, "x-dead-letter-routing-key", text(DELIVERY_KEY));
+        put(
+            &mut args,
+            "x-dead-letter-routing-key",
+            text(&self.delivery_key(shard)),
+        );
         at_least_once(&mut args);
+        if shard > 0 {
+            balanced(&mut args);
+        }
         self.queue(channel, queue, args).await?;
         self.bind(channel, queue, &self.retry_exchange(), key).await
     }
@@ -299,6 +456,20 @@ fn quorum() -> FieldTable {
     args
 }
 
+/// `name` for shard 0, `name.<shard>` after.
+fn sharded(name: String, shard: u16) -> String {
+    if shard == 0 {
+        name
+    } else {
+        format!("{name}.{shard}")
+    }
+}
+
+/// Leader on the node with the fewest quorum queue leaders (RabbitMQ 3.10+).
+fn balanced(args: &mut FieldTable) {
+    put(args, "x-queue-leader-locator", text("balanced"));
+}
+
 /// At-least-once dead-lettering needs `reject-publish` overflow on the source queue.
 fn at_least_once(args: &mut FieldTable) {
     put(args, "x-dead-letter-strategy", text("at-least-once"));
@@ -321,13 +492,32 @@ mod tests {
             t.queues(),
             [
                 "t1.fanout",
-                "t1.delivery",
                 "t1.parking",
+                "t1.delivery",
                 "t1.defer",
                 "t1.retry.300ms",
                 "t1.retry.5s"
             ]
         );
+        let t = t.with_shards(3);
+        assert_eq!(
+            t.shard_queues(2),
+            [
+                "t1.delivery.2",
+                "t1.defer.2",
+                "t1.retry.300ms.2",
+                "t1.retry.5s.2"
+            ]
+        );
+        assert_eq!(
+            t.delivery_queues(),
+            ["t1.delivery", "t1.delivery.1", "t1.delivery.2"]
+        );
+        assert_eq!(
+            (t.delivery_key(0), t.delivery_key(2)),
+            ("delivery".to_owned(), "delivery.2".to_owned())
+        );
+        assert_eq!(t.queues().len(), 2 + 3 * 4);
         assert_eq!(
             t.exchanges(),
             ["t1.events", "t1.deliveries", "t1.retry", "t1.parking"]

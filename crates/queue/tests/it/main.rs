@@ -11,6 +11,7 @@ use aioka_testkit::TestBroker;
 use tokio_util::sync::CancellationToken;
 
 mod permissions;
+mod shards;
 
 #[tokio::test]
 async fn a_message_whose_handler_panics_is_parked_after_the_delivery_limit_while_others_flow() {
@@ -46,7 +47,8 @@ async fn a_message_whose_handler_panics_is_parked_after_the_delivery_limit_while
                 url: &url,
                 topology: &topology,
                 service: "test",
-                queue: topology.delivery_queue(),
+                queues: vec![topology.delivery_queue()],
+                drain_leftover_shards: false,
                 prefetch: 4,
                 grace: Duration::from_secs(1),
             };
@@ -149,7 +151,8 @@ async fn a_large_prefetch_is_spread_over_channels_and_every_ack_lands_on_its_own
                 url: &url,
                 topology: &topology,
                 service: "test",
-                queue: topology.delivery_queue(),
+                queues: vec![topology.delivery_queue()],
+                drain_leftover_shards: false,
                 prefetch,
                 grace: Duration::from_secs(5),
             };
