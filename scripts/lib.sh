@@ -196,9 +196,9 @@ service_pid() { # name
   [ "$argv0" = "$SERVICE_BIN/aioka-$(service_role "$1")" ] || return 1
   echo "$pid"
 }
-# The value a running process was started with for one environment variable.
-service_env() { # pid variable
-  tr '\0' '\n' 2>/dev/null <"/proc/$1/environ" | sed -n "s/^$2=//p" | head -n1
+# The environment a running process was started with, one NAME=value a line.
+service_env() { # pid
+  tr '\0' '\n' 2>/dev/null <"/proc/$1/environ"
 }
 # The HTTP status of a process's /readyz (000: nothing answers).
 service_readyz() { # name
