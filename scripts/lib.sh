@@ -1,4 +1,5 @@
-# Shared by scripts/up, scripts/down and scripts/test. Sourced, not run.
+# shellcheck shell=bash
+# Shared by scripts/up, scripts/down, scripts/test and scripts/cluster. Sourced, not run.
 # Makes sure the toolchain, PostgreSQL and RabbitMQ are there: starts the machine's own
 # services when they are installed but stopped, installs them from Debian's packages when
 # they are missing on a Debian-like machine (as root), and says what to do anywhere else.
@@ -79,8 +80,16 @@ ensure_postgres() {
   pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 2>&1 ||
     pg_ctlcluster "$version" main start >&2 ||
     die "could not start PostgreSQL $version (see /var/log/postgresql/)."
+  # shellcheck disable=SC2034
   STARTED_POSTGRES=1
   wait_port "$PG_HOST" "$PG_PORT" 30 || die "PostgreSQL did not open $PG_HOST:$PG_PORT within 30 s."
+}
+
+ensure_rabbitmq_installed() {
+  if ! have rabbitmq-server; then
+    apt_install rabbitmq-server ||
+      die "RabbitMQ is not installed. On Debian/Ubuntu: apt-get install rabbitmq-server (as root); elsewhere install RabbitMQ 3.10+ listening on 127.0.0.1:5672 with guest/guest."
+  fi
 }
 
 ensure_rabbitmq() {
@@ -88,12 +97,10 @@ ensure_rabbitmq() {
   if [ "$AMQP_HOST" != 127.0.0.1 ] && [ "$AMQP_HOST" != localhost ]; then
     die "RabbitMQ at $AMQP_HOST:$AMQP_PORT is not reachable; start it, or set AIOKA_AMQP_HOST."
   fi
-  if ! have rabbitmq-server; then
-    apt_install rabbitmq-server ||
-      die "RabbitMQ is not installed. On Debian/Ubuntu: apt-get install rabbitmq-server (as root); elsewhere install RabbitMQ 3.10+ listening on 127.0.0.1:5672 with guest/guest."
-  fi
+  ensure_rabbitmq_installed
   say "starting the machine's RabbitMQ"
   rabbitmq-server -detached >&2 2>&1 || die "could not start RabbitMQ (see /var/log/rabbitmq/)."
+  # shellcheck disable=SC2034
   STARTED_RABBITMQ=1
   wait_port "$AMQP_HOST" "$AMQP_PORT" 90 || die "RabbitMQ did not open $AMQP_HOST:$AMQP_PORT within 90 s."
 }
@@ -127,7 +134,11 @@ db_admin_url() {
 # aioka-fanout, aioka-delivery), with the permissions `aioka amqp-permissions ROLE` prints
 # (crates/queue/src/permissions.rs: a producer may only publish to aioka.events). Idempotent:
 # passwords are generated once into .run/amqp-users.env and set again on every run.
+# AMQP_CTL_NODE, when set, names the node rabbitmqctl talks to (a node of scripts/cluster:
+# users and permissions replicate to the whole cluster, so one node is enough).
 AMQP_ROLES=(producer gateway fanout delivery)
+AMQP_CTL_NODE=""
+amqp_ctl() { rabbitmqctl ${AMQP_CTL_NODE:+-n "$AMQP_CTL_NODE"} -q "$@" </dev/null; }
 ensure_amqp_users() { # path to the aioka binary
   local bin=$1 file="$RUN/amqp-users.env" role user pw conf write read
   have rabbitmqctl || die "rabbitmqctl is needed to create the broker users (or set AIOKA__AMQP__URL yourself)"
@@ -139,21 +150,119 @@ ensure_amqp_users() { # path to the aioka binary
       pw="$(head -c 24 /dev/urandom | base64 | tr -d '/+=\n')"
       echo "$role=$pw" >>"$file"
     fi
-    if rabbitmqctl -q list_users 2>/dev/null </dev/null | awk '{print $1}' | grep -qx "$user"; then
-      rabbitmqctl -q change_password "$user" "$pw" >/dev/null </dev/null
+    if amqp_ctl list_users 2>/dev/null | awk '{print $1}' | grep -qx "$user"; then
+      amqp_ctl change_password "$user" "$pw" >/dev/null
     else
-      rabbitmqctl -q add_user "$user" "$pw" >/dev/null </dev/null
+      amqp_ctl add_user "$user" "$pw" >/dev/null
     fi
     { read -r conf; read -r write; read -r read; } < <("$bin" amqp-permissions "$role")
-    rabbitmqctl -q set_permissions -p / "$user" "$conf" "$write" "$read" >/dev/null </dev/null ||
+    amqp_ctl set_permissions -p / "$user" "$conf" "$write" "$read" >/dev/null ||
       die "could not set the permissions of the broker user $user"
   done
 }
-# The AMQP URL of a role's user (after ensure_amqp_users).
+# user:password of a role's broker user (after ensure_amqp_users), as a URL's userinfo.
+amqp_user_info() { # role
+  echo "aioka-$1:$(sed -n "s/^$1=//p" "$RUN/amqp-users.env")"
+}
+# The AMQP URL of a role's user on the machine's broker (after ensure_amqp_users).
 amqp_user_url() { # role
-  local pw
-  pw="$(sed -n "s/^$1=//p" "$RUN/amqp-users.env")"
-  echo "amqp://aioka-$1:$pw@$AMQP_HOST:$AMQP_PORT/%2f"
+  echo "amqp://$(amqp_user_info "$1")@$AMQP_HOST:$AMQP_PORT/%2f"
+}
+
+# The services scripts/up starts, by name: gateway, fanout, delivery, and the extra
+# processes fanout-2.., delivery-2.. (scripts/up --fanout M --delivery K). Each has a pid
+# file .run/<name>.pid and a log .run/<name>.log.
+SERVICE_BIN="$ROOT/target/release"
+service_role() { echo "${1%%-*}"; } # name → gateway | fanout | delivery
+# The admin address (/healthz, /readyz, /metrics) of a process: process 1 of each role keeps
+# its configured one (9090, 9091, 9092 by default); fanout-N listens on 910N, delivery-N on 920N.
+service_admin() { # name
+  case "$1" in
+    gateway) echo "${AIOKA__GATEWAY__ADMIN_LISTEN:-127.0.0.1:9090}" ;;
+    fanout) echo "${AIOKA__FANOUT__HEALTH_LISTEN:-127.0.0.1:9091}" ;;
+    delivery) echo "${AIOKA__DELIVERY__HEALTH_LISTEN:-127.0.0.1:9092}" ;;
+    fanout-*) echo "127.0.0.1:$((9100 + ${1#fanout-}))" ;;
+    delivery-*) echo "127.0.0.1:$((9200 + ${1#delivery-}))" ;;
+  esac
+}
+# The pid in a process's pid file, if that pid is alive and runs our binary of its role
+# (a pid reused by another program after a reboot or a crash does not count).
+service_pid() { # name
+  local pidfile="$RUN/$1.pid" pid argv0
+  [ -s "$pidfile" ] || return 1
+  pid="$(cat "$pidfile")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  argv0="$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline" | head -n1)" || return 1
+  [ "$argv0" = "$SERVICE_BIN/aioka-$(service_role "$1")" ] || return 1
+  echo "$pid"
+}
+# The value a running process was started with for one environment variable.
+service_env() { # pid variable
+  tr '\0' '\n' 2>/dev/null <"/proc/$1/environ" | sed -n "s/^$2=//p" | head -n1
+}
+# The HTTP status of a process's /readyz (000: nothing answers).
+service_readyz() { # name
+  curl -s -o /dev/null -m 2 -w '%{http_code}' "http://$(service_admin "$1")/readyz" 2>/dev/null || true
+}
+# Every process name with a pid file, in the order they are stopped: gateway first (no new
+# events), then fanout, then delivery.
+service_names() {
+  local f name
+  for f in "$RUN"/gateway.pid "$RUN"/fanout.pid "$RUN"/fanout-*.pid "$RUN"/delivery.pid "$RUN"/delivery-*.pid; do
+    [ -e "$f" ] || continue
+    name="$(basename "$f" .pid)"
+    echo "$name"
+  done
+}
+# Stops processes by name: SIGTERM to all of them at once, then waits for each to drain
+# (30 s at most, then SIGKILL). A pid file whose pid is not ours is removed, nothing killed.
+stop_services() { # names…
+  local name pid pids=() names=() i
+  for name in "$@"; do
+    if pid="$(service_pid "$name")"; then
+      say "stopping $name (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid") names+=("$name")
+    elif [ -e "$RUN/$name.pid" ]; then
+      say "$name is not running (stale pid file removed)"
+      rm -f "$RUN/$name.pid"
+    fi
+  done
+  for i in "${!pids[@]}"; do
+    for _ in $(seq 1 120); do
+      kill -0 "${pids[$i]}" 2>/dev/null || break
+      sleep 0.25
+    done
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      say "${names[$i]} did not drain within 30 s; killing it"
+      kill -KILL "${pids[$i]}" 2>/dev/null || true
+    fi
+    rm -f "$RUN/${names[$i]}.pid"
+  done
+}
+
+# Exports the NAME=value lines of a file whose name starts with a prefix, except those the
+# environment already sets.
+export_unset_from() { # file prefix
+  local k v
+  while IFS='=' read -r k v; do
+    [[ "$k" == "$2"* ]] || continue
+    [ -n "${!k:-}" ] || export "$k=$v"
+  done <"$1"
+}
+
+# Stops the cluster that .run/started-cluster names (scripts/up started it) and forgets it.
+stop_started_cluster() {
+  [ -s "$RUN/started-cluster" ] || return 0
+  (
+    # Its own names, ports and directory, whatever the caller's environment says.
+    unset AIOKA_CLUSTER_PREFIX AIOKA_CLUSTER_PORT AIOKA_CLUSTER_STATE
+    export_unset_from "$RUN/started-cluster" AIOKA_CLUSTER_
+    # shellcheck source=scripts/cluster-lib.sh disable=SC1091
+    source "$ROOT/scripts/cluster-lib.sh"
+    cluster_stop
+  )
+  rm -f "$RUN/started-cluster"
 }
 
 # Schemathesis (PyPI), for the gateway's fuzz test, in a venv of the project's own.
