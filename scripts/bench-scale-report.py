@@ -55,9 +55,14 @@ def main():
     out.append("")
     out.append("CPU is user + system seconds of each process group during the measured burst, divided by "
                "the deliveries; the broker's is summed over its nodes. WAL bytes are PostgreSQL's "
-               "`pg_stat_wal.wal_bytes` over the burst (every database on the server; nothing else ran). "
+               "`pg_stat_wal.wal_bytes` over the burst (every database on the server), and depend on where "
+               "checkpoints fall (full-page writes), so they vary from row to row. "
                "Log bytes on disk: deliveries and attempts with their indexes, over the rows written by both bursts. "
                "Tasks per shard come from delivery's `aioka_delivery_tasks_total{routing_key}`.\n")
+    loads = [r.get("load") for r in rows if r.get("load")]
+    if loads:
+        out.append("Load average (1 min) at the start of each row: " + ", ".join(loads) + ". Other work on the "
+                   "machine shares the two cores and raises every CPU figure.\n")
     out.append("Shard leaders (3-node rows):\n")
     for r in rows:
         if r["mode"] == "cluster":
