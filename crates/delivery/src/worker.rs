@@ -130,6 +130,10 @@ impl Worker {
     }
 
     async fn process(&self, publisher: &Publisher, delivery: Delivery) {
+        // Per shard: first attempts come with the shard's key, retries and put-off tasks
+        // with it too (their wait queues dead-letter with it).
+        metrics::counter!("aioka_delivery_tasks_total", "routing_key" => delivery.routing_key.to_string())
+            .increment(1);
         let task = match Task::from_bytes(&delivery.data) {
             Ok(Task::V1(task)) => match task.verify(&self.task_key) {
                 Ok(()) => task,
