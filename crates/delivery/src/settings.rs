@@ -60,6 +60,9 @@ impl Settings {
         self.security.encryption_key()?;
         self.health_addr()?;
         self.retry_schedule()?;
+        self.database
+            .partition_policy()
+            .map_err(|e| SettingsError::invalid("database", e.key, e.problem))?;
         if d.timeout.is_zero() {
             return invalid("timeout", "must be more than 0");
         }

@@ -345,7 +345,8 @@ impl Worker {
     /// database outage; `None` on shutdown.
     async fn chain_state(&self, task: &DeliveryTask) -> Option<ChainState> {
         self.through_outage("reading the delivery's state", || {
-            self.store.chain_state(task.delivery_id, task.attempt)
+            self.store
+                .chain_state(task.event_id, task.delivery_id, task.attempt)
         })
         .await
     }

@@ -45,6 +45,9 @@ impl Settings {
         self.health_addr()?;
         self.retry_schedule()?;
         self.security.encryption_key()?;
+        self.database
+            .partition_policy()
+            .map_err(|e| SettingsError::invalid("database", e.key, e.problem))?;
         if self.fanout.chunk_size == 0 || self.fanout.chunk_size > 10_000 {
             return Err(SettingsError::invalid(
                 "fanout",

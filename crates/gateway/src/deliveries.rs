@@ -342,6 +342,7 @@ pub async fn retry(
         .claim_resend(customer.0.id, webhook, delivery)
         .await
         .map_err(|e| match e {
+            ResendError::WebhookNotFound => ApiError::not_found("webhook"),
             ResendError::NotFound => ApiError::not_found("delivery"),
             ResendError::NotFailed(_) => {
                 ApiError::new(StatusCode::CONFLICT, "delivery_not_failed", e.to_string())
