@@ -125,6 +125,10 @@ async fn write_batch(
     let (records, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     match write_with_retry(store, &records, rule, shutdown).await {
         Some(written) => {
+            if !written.partitions_created.is_empty() {
+                metrics::counter!("aioka_partitions_created_total", "by" => "recorder")
+                    .increment(written.partitions_created.len() as u64);
+            }
             let disabled = written.disabled;
             metrics::counter!("aioka_delivery_records_total").increment(records.len() as u64);
             metrics::histogram!("aioka_delivery_record_batch_size").record(records.len() as f64);
