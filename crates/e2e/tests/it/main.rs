@@ -8,5 +8,6 @@ mod forgery;
 mod hostile;
 mod ingest;
 mod manage;
+mod retention;
 
 pub use aioka_e2e::{Options, PATIENCE, System, sample, verdict};
