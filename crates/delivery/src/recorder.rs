@@ -24,7 +24,8 @@ pub struct NotRecorded;
 pub enum Recorded {
     /// The attempt was new: its outcome counted, its retry (if any) is the caller's to start.
     Fresh,
-    /// The attempt was recorded before; this record changed nothing.
+    /// The attempt was recorded before, or its event is gone (past the retention); this
+    /// record changed nothing.
     Duplicate,
 }
 

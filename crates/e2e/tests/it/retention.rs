@@ -343,3 +343,61 @@ async fn partitions_come_and_go_under_a_burst_and_the_log_keeps_exactly_the_rete
         "no retry chain crossed a partition boundary"
     );
 }
+
+#[tokio::test]
+async fn a_redelivered_task_whose_event_expired_meanwhile_ends_its_chain_instead_of_looping() {
+    let system = System::start().await;
+    let (receiver, _, producer, _, _) = system.subscriber(&["verdict.new"]).await;
+    receiver.respond_with(500);
+    let attempts = |n: &str| {
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.header("x-aioka-attempt") == n)
+            .count()
+    };
+    // Attempt records cannot be written while this transaction holds its lock: the first
+    // attempt is sent and its task is in hand, unrecorded.
+    let (lock, connection) = tokio_postgres::connect(&system.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    lock.batch_execute("BEGIN; LOCK TABLE delivery_attempts IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let event: EventId = system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await
+        .parse()
+        .unwrap();
+    receiver.wait_for(1, PATIENCE).await;
+
+    // The event expires (maintenance trims it so) while the record waits, and the task is
+    // handed out again: it is sent again, as any redelivered task whose attempt is not
+    // recorded.
+    let (db, connection) = tokio_postgres::connect(&system.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    db.execute("DELETE FROM events WHERE id = $1", &[&event.as_uuid()])
+        .await
+        .unwrap();
+    let name = format!("aioka-delivery@{}", system.broker.prefix);
+    assert_eq!(
+        aioka_e2e::close_connections(&format!("\"{name}\"")),
+        1,
+        "the fault did not land: no connection {name}"
+    );
+    receiver.wait_for(2, PATIENCE).await;
+    assert_eq!(attempts("1"), 2);
+    lock.batch_execute("ROLLBACK").await.unwrap();
+
+    // Both records are dropped with the event; the redelivered task is done, not requeued to
+    // be sent again, and no retry follows.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        (attempts("1"), receiver.received().len()),
+        (2, 2),
+        "the expired event's attempt was sent again and again, or retried"
+    );
+}
