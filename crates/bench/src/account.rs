@@ -377,11 +377,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str::<Record>(l).with_context(|| format!("record {l}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let store = Store::connect(&DatabaseSettings {
-        url: args.database_url.clone(),
-        pool_size: 2,
-        connect_timeout: Duration::from_secs(10),
-    })?;
+    let store = Store::connect(&DatabaseSettings::new(
+        args.database_url.clone(),
+        2,
+        Duration::from_secs(10),
+    ))?;
     let input = Input {
         accepted,
         records,

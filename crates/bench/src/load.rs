@@ -30,11 +30,11 @@ pub struct SeedArgs {
 }
 
 fn store(url: &str) -> anyhow::Result<Store> {
-    Ok(Store::connect(&DatabaseSettings {
-        url: url.to_owned(),
-        pool_size: 4,
-        connect_timeout: Duration::from_secs(10),
-    })?)
+    Ok(Store::connect(&DatabaseSettings::new(
+        url,
+        4,
+        Duration::from_secs(10),
+    ))?)
 }
 
 pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {

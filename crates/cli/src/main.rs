@@ -1,4 +1,5 @@
-//! `aioka`: the operator's command line. Keys, migrations, and a local demo receiver.
+//! `aioka`: the operator's command line. Keys, migrations, partition maintenance, and a
+//! local demo receiver.
 //!
 //! Output meant for scripts goes to stdout alone (`KEY=$(aioka keys create …)` works);
 //! everything else goes to stderr.
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 
 use aioka_core::tier::Tier;
 use aioka_core::{ApiKey, ApiKeyId, KeyKind};
-use aioka_store::{DatabaseSettings, NewKey, Store};
+use aioka_store::{DatabaseSettings, Maintained, NewKey, Store};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
@@ -26,8 +27,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Apply every database migration not yet applied (safe to run concurrently).
+    /// Apply every database migration not yet applied (safe to run concurrently), then
+    /// maintain the delivery log's partitions once.
     Migrate,
+    /// Maintain the delivery log's partitions once, as the fanout service does on its own:
+    /// create those ahead, drop those past `database.retention`, trim old events. Prints what
+    /// it did as one JSON line.
+    Partitions,
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -191,11 +197,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             ParkingCommand::Purge { yes: true } => parking::purge(&nodes, &topology).await,
         };
     }
+    settings
+        .database
+        .partition_policy()
+        .map_err(|e| aioka_runtime::SettingsError::invalid("database", e.key, e.problem))?;
     let store = Store::connect(&settings.database)?;
     match command {
         Command::Migrate => {
             let applied = store.migrate().await.context("migrating the database")?;
             eprintln!("migrations applied: {applied}");
+            let done = store
+                .maintain_partitions()
+                .await
+                .context("maintaining the partitions")?;
+            eprintln!("{}", partitions_summary(&done));
+        }
+        Command::Partitions => {
+            let done = store
+                .maintain_partitions()
+                .await
+                .context("maintaining the partitions")?;
+            println!("{}", partitions_json(&done));
+            eprintln!("{}", partitions_summary(&done));
         }
         Command::Keys(KeysCommand::Create(args)) => create_key(&store, args).await?,
         Command::Keys(KeysCommand::List { json }) => list_keys(&store, json).await?,
@@ -209,6 +232,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Receiver(_) | Command::Parking(_) | Command::AmqpPermissions { .. } => {}
     }
     Ok(())
+}
+
+fn partitions_json(done: &Maintained) -> serde_json::Value {
+    serde_json::json!({
+        "skipped": done.skipped,
+        "created": done.created,
+        "dropped": done.dropped,
+        "events_trimmed": done.events_trimmed,
+        "log_starts_at": done.log_starts_at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    })
+}
+
+fn partitions_summary(done: &Maintained) -> String {
+    if done.skipped {
+        return "partitions: another process is maintaining them now; nothing done".to_owned();
+    }
+    let reach = done.log_starts_at.map_or_else(
+        || "nowhere (no partition)".to_owned(),
+        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    format!(
+        "partitions: {} created, {} dropped, {} events trimmed; the delivery log reaches back to {reach}",
+        done.created.len(),
+        done.dropped.len(),
+        done.events_trimmed
+    )
 }
 
 async fn create_key(store: &Store, args: CreateKey) -> anyhow::Result<()> {

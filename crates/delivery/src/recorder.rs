@@ -24,7 +24,8 @@ pub struct NotRecorded;
 pub enum Recorded {
     /// The attempt was new: its outcome counted, its retry (if any) is the caller's to start.
     Fresh,
-    /// The attempt was recorded before; this record changed nothing.
+    /// The attempt was recorded before, or its event is gone (past the retention); this
+    /// record changed nothing.
     Duplicate,
 }
 
@@ -125,6 +126,10 @@ async fn write_batch(
     let (records, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
     match write_with_retry(store, &records, rule, shutdown).await {
         Some(written) => {
+            if !written.partitions_created.is_empty() {
+                metrics::counter!("aioka_partitions_created_total", "by" => "recorder")
+                    .increment(written.partitions_created.len() as u64);
+            }
             let disabled = written.disabled;
             metrics::counter!("aioka_delivery_records_total").increment(records.len() as u64);
             metrics::histogram!("aioka_delivery_record_batch_size").record(records.len() as f64);

@@ -140,6 +140,9 @@ impl Settings {
                 "names no shard below amqp.delivery_shards: this process would consume nothing",
             );
         }
+        self.database
+            .partition_policy()
+            .map_err(|e| SettingsError::invalid("database", e.key, e.problem))?;
         if d.timeout.is_zero() {
             return invalid("timeout", "must be more than 0");
         }

@@ -353,7 +353,8 @@ impl Worker {
     /// database outage; `None` on shutdown.
     async fn chain_state(&self, task: &DeliveryTask) -> Option<ChainState> {
         self.through_outage("reading the delivery's state", || {
-            self.store.chain_state(task.delivery_id, task.attempt)
+            self.store
+                .chain_state(task.event_id, task.delivery_id, task.attempt)
         })
         .await
     }
@@ -370,7 +371,11 @@ impl Worker {
         state: &ChainState,
     ) -> Done {
         let Some(recorded) = &state.recorded else {
-            return Done::Requeue;
+            // A record that took no effect and is not there: its event is gone (past the
+            // retention, or a test event that was never sent), and the record was dropped
+            // with it. The chain ends here; a requeue would send the attempt again and again.
+            tracing::info!("the delivery's event is gone; its chain ends");
+            return Done::Ack;
         };
         let chain_is_here = state.attempts_made == task.attempt;
         if redelivered && recorded.next_retry_at.is_some() && chain_is_here {

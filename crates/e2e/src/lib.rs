@@ -82,7 +82,14 @@ impl System {
 
     pub async fn start_with(options: Options) -> Self {
         aioka_testkit::init_logs();
-        let db = TestDb::new().await;
+        // The database is prepared as `aioka migrate` prepares it under the services' settings.
+        let db = TestDb::with_partitions(aioka_testkit::partition_policy(
+            options
+                .env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone())),
+        ))
+        .await;
         let broker = TestBroker::new(options.schedule);
         let ca = TestCa::new();
         let mut env = TestEnv::new(&db, Some(&broker));
@@ -339,6 +346,12 @@ impl System {
     }
 
     pub async fn stop(mut self) {
+        self.halt().await;
+    }
+
+    /// Stops every service and waits for each to end, keeping the database and the broker
+    /// prefix to look at what they left.
+    pub async fn halt(&mut self) {
         self.shutdown.cancel();
         for task in self.tasks.drain(..) {
             task.await.unwrap().unwrap();

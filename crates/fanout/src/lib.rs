@@ -5,8 +5,12 @@
 //!
 //! **Invariant:** an event is acknowledged only after every task it produced is confirmed by
 //! the broker (or it was found to be a duplicate, or it was parked).
+//!
+//! It also keeps the delivery log's partitions (`maintenance`): fanout is the one service
+//! that always runs against the database and does little there itself.
 #![forbid(unsafe_code)]
 
+mod maintenance;
 pub mod settings;
 mod worker;
 
@@ -37,6 +41,11 @@ pub async fn run(
         std::time::Duration::from_secs(5),
         shutdown.clone(),
     ));
+    let maintenance = tokio::spawn(maintenance::run(
+        store.clone(),
+        store.partition_policy().maintenance_period(),
+        shutdown.clone(),
+    ));
     let worker = worker::Worker {
         store,
         task_key: settings.security.encryption_key()?.task_key(),
@@ -46,6 +55,7 @@ pub async fn run(
     };
     worker.run(shutdown.clone()).await;
     shutdown.cancel();
+    maintenance.await?;
     server.await??;
     tracing::info!("fanout stopped");
     Ok(())

@@ -48,6 +48,9 @@ impl Settings {
         if let Some((key, problem)) = self.amqp.problem() {
             return Err(SettingsError::invalid("amqp", key, problem));
         }
+        self.database
+            .partition_policy()
+            .map_err(|e| SettingsError::invalid("database", e.key, e.problem))?;
         if self.fanout.chunk_size == 0 || self.fanout.chunk_size > 10_000 {
             return Err(SettingsError::invalid(
                 "fanout",

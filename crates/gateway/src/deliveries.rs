@@ -6,7 +6,7 @@ use aioka_core::event::{Envelope, EventType, now_timestamp};
 use aioka_core::messages::{DeliveryTask, Task};
 use aioka_core::{DeliveryId, EventId, FieldError, WebhookId};
 use aioka_queue::{Published, inject_trace_context, persistent_json};
-use aioka_store::{DeliveryRecord, EventSource, NewEvent, ResendError};
+use aioka_store::{DeliveryRecord, EventSource, LogWindow, NewEvent, ResendError};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -58,7 +58,32 @@ fn decode_cursor(text: &str) -> Option<i64> {
         .ok()
 }
 
-/// `GET /v1/webhooks/{id}/deliveries?limit=&cursor=`: newest first.
+/// How long the log keeps deliveries, in the largest whole unit: "30 days", "90 seconds".
+fn retention_text(retention: std::time::Duration) -> String {
+    let secs = retention.as_secs();
+    let (n, unit) = [(86_400, "day"), (3_600, "hour"), (60, "minute")]
+        .into_iter()
+        .find(|(size, _)| secs >= *size && secs.is_multiple_of(*size))
+        .map_or((secs, "second"), |(size, unit)| (secs / size, unit));
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// 404 for a delivery id the log does not hold, saying how far back the log reaches.
+fn delivery_not_in_log(delivery: DeliveryId, window: &LogWindow) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "delivery {delivery} not found: the delivery log of this webhook keeps {} \
+             (deliveries of events received since {}); an older delivery has been removed",
+            retention_text(window.retention),
+            api_time(window.starts_at)
+        ),
+    )
+}
+
+/// `GET /v1/webhooks/{id}/deliveries?limit=&cursor=`: newest first, and how far back the
+/// log reaches (`log_starts_at`).
 #[tracing::instrument(skip_all, fields(key_id = %customer.0.id, webhook_id = %id))]
 pub async fn list(
     State(state): State<AppState>,
@@ -104,9 +129,11 @@ pub async fn list(
     } else {
         None
     };
+    let window = state.store.log_window().await?;
     Ok(Json(json!({
         "data": page.iter().map(delivery_json).collect::<Vec<_>>(),
         "next_cursor": next_cursor,
+        "log_starts_at": api_time(window.starts_at),
     })))
 }
 
@@ -343,20 +370,33 @@ pub async fn retry(
     IdPath2(webhook, delivery): IdPath2<WebhookId, DeliveryId>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     customer.require_webhooks()?;
-    let resend = state
+    let resend = match state
         .store
         .claim_resend(customer.0.id, webhook, delivery)
         .await
-        .map_err(|e| match e {
-            ResendError::NotFound => ApiError::not_found("delivery"),
-            ResendError::NotFailed(_) => {
-                ApiError::new(StatusCode::CONFLICT, "delivery_not_failed", e.to_string())
-            }
-            ResendError::WebhookInactive => {
-                ApiError::new(StatusCode::CONFLICT, "webhook_disabled", e.to_string())
-            }
-            ResendError::Store(e) => e.into(),
-        })?;
+    {
+        Ok(resend) => resend,
+        Err(ResendError::WebhookNotFound) => return Err(ApiError::not_found("webhook")),
+        Err(ResendError::NotFound) => {
+            let window = state.store.log_window().await?;
+            return Err(delivery_not_in_log(delivery, &window));
+        }
+        Err(e @ ResendError::NotFailed(_)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "delivery_not_failed",
+                e.to_string(),
+            ));
+        }
+        Err(e @ ResendError::WebhookInactive) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "webhook_disabled",
+                e.to_string(),
+            ));
+        }
+        Err(ResendError::Store(e)) => return Err(e.into()),
+    };
     let (key, bytes, props) = task_message(
         state.publisher.topology(),
         DeliveryTask {
@@ -446,6 +486,16 @@ mod tests {
             got.may_be_stored,
             "the broker may hold it: the recorder needs the event"
         );
+    }
+
+    #[test]
+    fn the_retention_is_told_in_its_largest_whole_unit() {
+        let text = |secs| retention_text(std::time::Duration::from_secs(secs));
+        assert_eq!(text(30 * 86_400), "30 days");
+        assert_eq!(text(86_400), "1 day");
+        assert_eq!(text(36 * 3_600), "36 hours");
+        assert_eq!(text(90), "90 seconds");
+        assert_eq!(text(120), "2 minutes");
     }
 
     #[test]

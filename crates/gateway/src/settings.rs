@@ -67,6 +67,9 @@ impl Settings {
             ));
         }
         self.retry_schedule()?;
+        self.database
+            .partition_policy()
+            .map_err(|e| SettingsError::invalid("database", e.key, e.problem))?;
         Ok(())
     }
 

@@ -137,7 +137,9 @@ impl Store {
             .query(
                 "SELECT a.delivery_id, d.webhook_id, a.attempt, a.attempted_at, a.status_code,
                         a.error_kind, a.recorded_at
-                 FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
+                 FROM delivery_attempts a
+                 JOIN deliveries d ON d.id = a.delivery_id
+                                  AND d.event_received_at = a.event_received_at
                  ORDER BY d.webhook_id, a.attempted_at, a.delivery_id, a.attempt",
                 &[],
             )

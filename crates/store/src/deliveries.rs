@@ -1,5 +1,12 @@
-//! Deliveries and their attempts: created pending by fan-out, updated in batches by the
-//! delivery service, listed for customers, re-sent on request.
+//! Deliveries and their attempts: created by their first attempt's record (a test event's
+//! up front), updated in batches by the delivery service, listed for customers, re-sent on
+//! request.
+//!
+//! Both tables are partitioned by their event's `received_at` (`event_received_at`, V8):
+//! every writer takes it from the event row, so the keys `(id, event_received_at)` and
+//! `(delivery_id, attempt, event_received_at)` deduplicate as `id` and `(delivery_id,
+//! attempt)` did. A write that finds no partition for a row has the missing ones created
+//! ([`Store::repair_partitions`]) and is made again.
 
 use std::collections::{HashMap, HashSet};
 
@@ -110,8 +117,11 @@ pub struct Disabled {
 pub struct BatchWritten {
     pub disabled: Vec<Disabled>,
     /// For each record of the batch, in order: `false` if its attempt was recorded before
-    /// (a duplicate, which changed nothing). Skips are always fresh.
+    /// (a duplicate, which changed nothing), or its event is gone. Skips are always fresh.
     pub fresh: Vec<bool>,
+    /// Partitions the batch had to create: no partition held some of its rows (maintenance
+    /// is not running, or is behind).
+    pub partitions_created: Vec<String>,
 }
 
 /// See [`Store::chain_state`].
@@ -173,6 +183,11 @@ pub struct Resend {
 /// Why a re-send was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ResendError {
+    /// The webhook is not the owner's (or is deleted).
+    #[error("no such webhook")]
+    WebhookNotFound,
+    /// The webhook has no such delivery in the log: it never existed, or it was dropped with
+    /// its partition (see [`Store::log_window`]).
     #[error("no such delivery for this webhook")]
     NotFound,
     #[error("only failed or skipped deliveries can be re-sent; this one is {0}")]
@@ -213,9 +228,13 @@ fn to_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+/// Repairs before making a write again: twice at most (the second repair finds anything
+/// the first could not see, such as a partition dropped in between).
+const REPAIRS: usize = 2;
+
 impl Store {
-    /// Creates a pending delivery for each webhook (idempotent: the ids are derived from the
-    /// event and the webhook, so a repeated fan-out step inserts nothing new).
+    /// Creates a pending delivery of the stored `event` for each webhook (idempotent: the
+    /// ids are derived from the event and the webhook, so a repeat inserts nothing new).
     #[tracing::instrument(skip_all, fields(event_id = %event, count = webhooks.len()))]
     pub async fn insert_pending_deliveries(
         &self,
@@ -227,16 +246,31 @@ impl Store {
             .map(|w| DeliveryId::for_pair(event, *w).as_uuid())
             .collect();
         let hooks: Vec<Uuid> = webhooks.iter().map(|w| w.as_uuid()).collect();
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "INSERT INTO deliveries (id, event_id, webhook_id, status)
-                 SELECT d, $1, w, 'pending' FROM unnest($2::uuid[], $3::uuid[]) AS t(d, w)
-                 ON CONFLICT (id) DO NOTHING",
-                &[&event.as_uuid(), &ids, &hooks],
-            )
-            .await?;
-        Ok(())
+        let mut repairs = 0;
+        loop {
+            let client = self.pool.get().await?;
+            let inserted = client
+                .execute(
+                    "INSERT INTO deliveries (id, event_id, webhook_id, status, event_received_at)
+                     SELECT t.d, e.id, t.w, 'pending', e.received_at
+                     FROM unnest($2::uuid[], $3::uuid[]) AS t(d, w)
+                     JOIN events e ON e.id = $1
+                     ON CONFLICT (id, event_received_at) DO NOTHING",
+                    &[&event.as_uuid(), &ids, &hooks],
+                )
+                .await
+                .map_err(StoreError::from);
+            match inserted {
+                Err(e) if repairs < REPAIRS && e.is_missing_partition() => {
+                    repairs += 1;
+                    self.repair_partitions(&[event.as_uuid()]).await?;
+                }
+                other => {
+                    other?;
+                    return Ok(());
+                }
+            }
+        }
     }
 
     /// Writes a batch of attempt records in one transaction: attempt rows, delivery states,
@@ -248,8 +282,39 @@ impl Store {
     /// *duplicate*: it changes neither the delivery's state nor any failure count, and the
     /// caller must not start another retry for it. An older attempt never overwrites a newer
     /// one.
+    ///
+    /// A batch with a row no partition holds creates the missing partitions (those of events
+    /// inside the retention; an event past it is removed, and its records dropped) and is
+    /// written again.
     #[tracing::instrument(skip_all, fields(records = records.len()))]
     pub async fn record_batch(
+        &self,
+        records: &[AttemptRecord],
+        rule: DisableRule,
+    ) -> Result<BatchWritten, StoreError> {
+        let mut created = Vec::new();
+        let mut repairs = 0;
+        loop {
+            match self.write_batch(records, rule).await {
+                Err(e) if repairs < REPAIRS && e.is_missing_partition() => {
+                    repairs += 1;
+                    let mut events: Vec<Uuid> =
+                        records.iter().map(|r| r.event_id.as_uuid()).collect();
+                    events.sort();
+                    events.dedup();
+                    created.extend(self.repair_partitions(&events).await?);
+                }
+                other => {
+                    let mut written = other?;
+                    written.partitions_created = created;
+                    return Ok(written);
+                }
+            }
+        }
+    }
+
+    /// One try of [`Store::record_batch`], in one transaction.
+    async fn write_batch(
         &self,
         records: &[AttemptRecord],
         rule: DisableRule,
@@ -282,27 +347,35 @@ impl Store {
         upsert_deliveries(&tx, &counted).await?;
         let disabled = count_failures(&tx, &counted, histories, rule).await?;
         tx.commit().await?;
-        Ok(BatchWritten { disabled, fresh })
+        Ok(BatchWritten {
+            disabled,
+            fresh,
+            partitions_created: Vec::new(),
+        })
     }
 
-    /// Where the chain of `delivery` stands with respect to its attempt `attempt`: whether
-    /// that attempt is recorded (and when its retry was due), and how many attempts the
-    /// delivery has made. The delivery service reads it for redelivered tasks and retries, to
-    /// tell an attempt already made from one still to make.
+    /// Where the chain of `delivery` (of `event`) stands with respect to its attempt
+    /// `attempt`: whether that attempt is recorded (and when its retry was due), and how many
+    /// attempts the delivery has made. The delivery service reads it for redelivered tasks
+    /// and retries, to tell an attempt already made from one still to make. The event pins
+    /// the partition, so one partition's index is read, not each one's.
     #[tracing::instrument(skip_all, fields(delivery_id = %delivery, attempt))]
     pub async fn chain_state(
         &self,
+        event: EventId,
         delivery: DeliveryId,
         attempt: u32,
     ) -> Result<ChainState, StoreError> {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT (SELECT attempts FROM deliveries WHERE id = $1),
+                "SELECT (SELECT attempts FROM deliveries
+                         WHERE id = $1 AND event_received_at = k.at),
                         a.attempted_at, a.next_retry_at
-                 FROM (SELECT 1) AS one
-                 LEFT JOIN delivery_attempts a ON a.delivery_id = $1 AND a.attempt = $2",
-                &[&delivery.as_uuid(), &to_i32(attempt)],
+                 FROM (SELECT (SELECT received_at FROM events WHERE id = $3) AS at) AS k
+                 LEFT JOIN delivery_attempts a
+                        ON a.delivery_id = $1 AND a.attempt = $2 AND a.event_received_at = k.at",
+                &[&delivery.as_uuid(), &to_i32(attempt), &event.as_uuid()],
             )
             .await?;
         let made: Option<i32> = row.try_get(0)?;
@@ -443,15 +516,26 @@ impl Store {
     ) -> Result<Resend, ResendError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
+        let owned = tx
+            .query_opt(
+                "SELECT 1 FROM webhooks WHERE id = $1 AND api_key_id = $2 AND deleted_at IS NULL",
+                &[&webhook.as_uuid(), &owner.as_uuid()],
+            )
+            .await?;
+        if owned.is_none() {
+            return Err(ResendError::WebhookNotFound);
+        }
+        // By delivery id alone: each partition's index is probed (a few dozen).
         let row = tx
             .query_opt(
-                "SELECT d.status, d.attempts, d.event_id, e.event_type, e.body, w.is_active
+                "SELECT d.status, d.attempts, d.event_id, e.event_type, e.body, w.is_active,
+                        d.event_received_at
                  FROM deliveries d
                  JOIN webhooks w ON w.id = d.webhook_id
                  JOIN events e ON e.id = d.event_id
-                 WHERE d.id = $1 AND d.webhook_id = $2 AND w.api_key_id = $3 AND w.deleted_at IS NULL
+                 WHERE d.id = $1 AND d.webhook_id = $2
                  FOR UPDATE OF d",
-                &[&delivery.as_uuid(), &webhook.as_uuid(), &owner.as_uuid()],
+                &[&delivery.as_uuid(), &webhook.as_uuid()],
             )
             .await?
             .ok_or(ResendError::NotFound)?;
@@ -464,11 +548,12 @@ impl Store {
         }
         let attempts: i32 = row.try_get(1)?;
         let event_type: String = row.try_get(3)?;
+        let key: DateTime<Utc> = row.try_get(6)?;
         tx.execute(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), skip_reason = NULL,
                                    updated_at = now()
-             WHERE id = $1",
-            &[&delivery.as_uuid()],
+             WHERE id = $1 AND event_received_at = $2",
+            &[&delivery.as_uuid(), &key],
         )
         .await?;
         tx.commit().await?;
@@ -565,24 +650,26 @@ async fn insert_attempts(
         return Ok(HashSet::new());
     }
     // Without foreign keys (V3) the writer checks that the event and the webhook exist; an
-    // unpublished test event is removed with its deliveries, and its late records with it.
+    // unpublished test event is removed with its deliveries, and its late records with it,
+    // as is an event past the retention. The event gives the partition key.
     let rows = tx
         .query(
             "INSERT INTO delivery_attempts (delivery_id, attempt, attempted_at, status_code,
-                                            error_kind, latency_ms, response_snippet, next_retry_at)
+                                            error_kind, latency_ms, response_snippet, next_retry_at,
+                                            event_received_at)
              SELECT u.delivery_id, u.attempt, u.attempted_at, u.status_code, u.error_kind,
-                    u.latency_ms, u.response_snippet, u.next_retry_at
+                    u.latency_ms, u.response_snippet, u.next_retry_at, e.received_at
              FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int4[], $5::timestamptz[],
                          $6::int4[], $7::text[], $8::int4[], $9::text[], $10::timestamptz[])
                   WITH ORDINALITY
                   AS u(delivery_id, event_id, webhook_id, attempt, attempted_at, status_code,
                        error_kind, latency_ms, response_snippet, next_retry_at, ord)
-             WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = u.event_id)
-               AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
+             JOIN events e ON e.id = u.event_id
+             WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
              -- Rows go in in attempt order, so recorded_at (clock_timestamp()) follows it
              -- within a batch as it follows the lock order between batches.
              ORDER BY u.ord
-             ON CONFLICT (delivery_id, attempt) DO NOTHING
+             ON CONFLICT (delivery_id, attempt, event_received_at) DO NOTHING
              RETURNING delivery_id, attempt",
             &[
                 &a_delivery,
@@ -659,14 +746,16 @@ async fn upsert_deliveries(
     }
     tx.execute(
         "INSERT INTO deliveries AS d (id, event_id, webhook_id, status, attempts,
-                                      last_attempt_at, next_attempt_at, skip_reason)
-         SELECT u.id, u.event_id, u.webhook_id, u.status, u.attempts, u.last_at, u.next_at, u.skip
+                                      last_attempt_at, next_attempt_at, skip_reason,
+                                      event_received_at)
+         SELECT u.id, u.event_id, u.webhook_id, u.status, u.attempts, u.last_at, u.next_at, u.skip,
+                e.received_at
          FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int4[],
                      $6::timestamptz[], $7::timestamptz[], $8::text[])
               AS u(id, event_id, webhook_id, status, attempts, last_at, next_at, skip)
-         WHERE EXISTS (SELECT 1 FROM events e WHERE e.id = u.event_id)
-           AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
-         ON CONFLICT (id) DO UPDATE SET
+         JOIN events e ON e.id = u.event_id
+         WHERE EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.webhook_id)
+         ON CONFLICT (id, event_received_at) DO UPDATE SET
              status = EXCLUDED.status,
              attempts = EXCLUDED.attempts,
              last_attempt_at = COALESCE(EXCLUDED.last_attempt_at, d.last_attempt_at),

@@ -15,3 +15,17 @@ pub enum StoreError {
     #[error("database settings: {0}")]
     Config(String),
 }
+
+impl StoreError {
+    /// A write found no partition of the delivery log for a row (SQLSTATE 23514 without a
+    /// constraint: a CHECK constraint's violation names its constraint).
+    pub fn is_missing_partition(&self) -> bool {
+        match self {
+            StoreError::Db(e) => {
+                e.code() == Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION)
+                    && e.as_db_error().is_some_and(|db| db.constraint().is_none())
+            }
+            _ => false,
+        }
+    }
+}

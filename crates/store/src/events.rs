@@ -330,7 +330,8 @@ impl Store {
             .execute(
                 "DELETE FROM deliveries
                  WHERE event_id = $1 AND webhook_id = ANY($2::uuid[])
-                   AND status = 'pending' AND attempts = 0",
+                   AND status = 'pending' AND attempts = 0
+                   AND event_received_at = (SELECT received_at FROM events WHERE id = $1)",
                 &[&event.as_uuid(), &ids],
             )
             .await?;
@@ -343,7 +344,9 @@ impl Store {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         tx.execute(
-            "DELETE FROM deliveries WHERE event_id = $1",
+            "DELETE FROM deliveries
+             WHERE event_id = $1
+               AND event_received_at = (SELECT received_at FROM events WHERE id = $1)",
             &[&event.as_uuid()],
         )
         .await?;

@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod keys;
 mod listen;
+mod partitions;
 mod pool;
 mod seed;
 mod webhooks;
@@ -23,6 +24,10 @@ pub use error::StoreError;
 pub use events::{Claim, ClaimGuard, EventSource, NewEvent, Progress};
 pub use keys::{KeyRecord, NewKey};
 pub use listen::{WEBHOOK_CHANGED, listen_webhook_changes};
+pub use partitions::{
+    InvalidSetting, LogWindow, MAINTENANCE_LOCK, MAX_RETAINED_PARTITIONS, Maintained, Partition,
+    PartitionPolicy,
+};
 pub use pool::{DatabaseSettings, Store};
 pub use seed::SeedWebhook;
 pub use webhooks::{NewWebhook, WebhookPatch, WebhookRecord, WebhookWriteError};

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use tokio_postgres::NoTls;
 
 use crate::StoreError;
+use crate::partitions::{InvalidSetting, PartitionPolicy};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -20,6 +21,39 @@ pub struct DatabaseSettings {
     pub pool_size: usize,
     #[serde(deserialize_with = "duration")]
     pub connect_timeout: Duration,
+    /// See [`PartitionPolicy`].
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub partition_interval: Duration,
+    pub partitions_ahead: u32,
+}
+
+impl DatabaseSettings {
+    /// Settings for `url` with the default partition policy (tests and tools that build
+    /// their settings rather than load them).
+    pub fn new(url: impl Into<String>, pool_size: usize, connect_timeout: Duration) -> Self {
+        let policy = PartitionPolicy::default();
+        Self {
+            url: url.into(),
+            pool_size,
+            connect_timeout,
+            retention: policy.retention,
+            partition_interval: policy.interval,
+            partitions_ahead: policy.ahead,
+        }
+    }
+
+    /// The partition policy, validated; the error names the setting.
+    pub fn partition_policy(&self) -> Result<PartitionPolicy, InvalidSetting> {
+        let policy = PartitionPolicy {
+            retention: self.retention,
+            interval: self.partition_interval,
+            ahead: self.partitions_ahead,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
 }
 
 impl std::fmt::Debug for DatabaseSettings {
@@ -28,6 +62,9 @@ impl std::fmt::Debug for DatabaseSettings {
             .field("url", &aioka_core::secret::redact_url(&self.url))
             .field("pool_size", &self.pool_size)
             .field("connect_timeout", &self.connect_timeout)
+            .field("retention", &self.retention)
+            .field("partition_interval", &self.partition_interval)
+            .field("partitions_ahead", &self.partitions_ahead)
             .finish()
     }
 }
@@ -41,12 +78,16 @@ fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error
 #[derive(Clone)]
 pub struct Store {
     pub(crate) pool: Pool,
+    /// How the delivery log is partitioned and kept: maintenance, repairs and the API's
+    /// answers about how far back the log reaches follow it.
+    pub(crate) policy: PartitionPolicy,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("status", &self.pool.status())
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -57,6 +98,9 @@ const MIGRATION_LOCK: i64 = 0x4149_4f4b_415f_4d49; // "AIOKA_MI"
 impl Store {
     /// Builds the pool. Connections are opened lazily; call [`Store::ping`] to check.
     pub fn connect(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        let policy = settings
+            .partition_policy()
+            .map_err(|e| StoreError::Config(e.to_string()))?;
         let config: tokio_postgres::Config = settings
             .url
             .parse()
@@ -81,7 +125,7 @@ impl Store {
             })
             .build()
             .map_err(|e| StoreError::Config(e.to_string()))?;
-        Ok(Self { pool })
+        Ok(Self { pool, policy })
     }
 
     /// Checks that the database answers.
@@ -106,12 +150,25 @@ impl Store {
     /// callers (several pods starting together) take turns.
     #[tracing::instrument(skip_all)]
     pub async fn migrate(&self) -> Result<usize, StoreError> {
+        self.migrate_until(refinery::Target::Latest).await
+    }
+
+    /// Applies the migrations up to and including `version` only: tests of a migration start
+    /// from the schema before it.
+    pub async fn migrate_to(&self, version: u32) -> Result<usize, StoreError> {
+        let version = refinery::SchemaVersion::try_from(version)
+            .map_err(|_| StoreError::Migration(format!("no migration {version}")))?;
+        self.migrate_until(refinery::Target::Version(version)).await
+    }
+
+    async fn migrate_until(&self, target: refinery::Target) -> Result<usize, StoreError> {
         let mut client = self.pool.get().await?;
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
             .await?;
         let client_ref: &mut tokio_postgres::Client = &mut client;
         let result = embedded::migrations::runner()
+            .set_target(target)
             .run_async(client_ref)
             .await
             .map(|report| report.applied_migrations().len())

@@ -80,7 +80,9 @@ impl Store {
         let row = client
             .query_one(
                 "SELECT count(*) FILTER (WHERE attempts > 0), count(*) FILTER (WHERE status = 'succeeded')
-                 FROM deliveries WHERE event_id = $1",
+                 FROM deliveries
+                 WHERE event_id = $1
+                   AND event_received_at = (SELECT received_at FROM events WHERE id = $1)",
                 &[&event.as_uuid()],
             )
             .await?;

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aioka_store::{DatabaseSettings, Store};
+use aioka_store::{DatabaseSettings, PartitionPolicy, Store};
 use tokio_postgres::NoTls;
 
 /// The server tests create their databases on (`AIOKA_TEST_DATABASE_URL`, default the local
@@ -12,7 +12,9 @@ pub fn admin_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// A migrated database of its own, dropped when the value is dropped (even on panic).
+/// A migrated database of its own, dropped when the value is dropped (even on panic). Its
+/// partitions are made as `aioka migrate` makes them: the migrations, then one maintenance
+/// run.
 #[derive(Debug)]
 pub struct TestDb {
     pub name: String,
@@ -33,6 +35,27 @@ fn now_secs() -> u64 {
 
 impl TestDb {
     pub async fn new() -> Self {
+        Self::with_partitions(PartitionPolicy::default()).await
+    }
+
+    /// A database whose partitions follow `policy` (the services under test must be given
+    /// the same `[database]` settings), its store included.
+    pub async fn with_partitions(policy: PartitionPolicy) -> Self {
+        let mut db = Self::create(None).await;
+        db.store = db.store.with_partition_policy(policy);
+        db.store
+            .maintain_partitions()
+            .await
+            .expect("maintain the test database's partitions");
+        db
+    }
+
+    /// A database migrated up to `version` only, to test the migrations after it.
+    pub async fn at_version(version: u32) -> Self {
+        Self::create(Some(version)).await
+    }
+
+    async fn create(version: Option<u32>) -> Self {
         let admin = admin_url();
         let (client, connection) =
             tokio_postgres::connect(&admin, NoTls)
@@ -50,13 +73,17 @@ impl TestDb {
             .await
             .expect("create test database");
         let url = url_with_db(&admin, &name);
-        let store = Store::connect(&DatabaseSettings {
-            url: url.clone(),
-            pool_size: 4,
-            connect_timeout: Duration::from_secs(5),
-        })
+        let store = Store::connect(&DatabaseSettings::new(
+            url.clone(),
+            4,
+            Duration::from_secs(5),
+        ))
         .expect("test pool");
-        store.migrate().await.expect("migrate test database");
+        match version {
+            Some(version) => store.migrate_to(version).await,
+            None => store.migrate().await,
+        }
+        .expect("migrate test database");
         Self { name, url, store }
     }
 }

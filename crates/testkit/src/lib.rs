@@ -76,6 +76,23 @@ impl TestEnv {
     }
 }
 
+/// The `[database]` partition policy that the settings `vars` (`AIOKA__…` variables) give,
+/// read by the services' own loader.
+pub fn partition_policy(
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> aioka_store::PartitionPolicy {
+    #[derive(serde::Deserialize)]
+    struct Database {
+        database: aioka_store::DatabaseSettings,
+    }
+    let settings: Database =
+        aioka_runtime::settings::load_from(vars).expect("test database settings load");
+    settings
+        .database
+        .partition_policy()
+        .expect("test partition settings are valid")
+}
+
 /// Logs of the code under test, shown for failing tests (`RUST_LOG` picks the level).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()

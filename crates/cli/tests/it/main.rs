@@ -231,3 +231,106 @@ async fn parked_messages_are_listed_with_their_reason_and_replayed_to_their_orig
         "the parking queue is empty"
     );
 }
+
+/// `aioka` with the database of `db` and these `[database]` partition settings.
+fn aioka_partitioned(db: &TestDb, args: &[&str], settings: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aioka"));
+    command.args(args).env("AIOKA__DATABASE__URL", &db.url);
+    for (key, value) in settings {
+        command.env(key, value);
+    }
+    command.output().expect("run aioka")
+}
+
+const HOURS: [(&str, &str); 3] = [
+    ("AIOKA__DATABASE__PARTITION_INTERVAL", "1h"),
+    ("AIOKA__DATABASE__RETENTION", "3h"),
+    ("AIOKA__DATABASE__PARTITIONS_AHEAD", "2"),
+];
+
+/// Both tables' partitions of the three hours from `start`.
+fn three_hours(start: chrono::DateTime<chrono::Utc>) -> Vec<String> {
+    let mut names: Vec<String> = ["deliveries", "delivery_attempts"]
+        .iter()
+        .flat_map(|table| {
+            (0..3).map(move |h| {
+                let from = start + chrono::Duration::hours(h);
+                format!("{table}_p{}", from.format("%Y%m%dt%H%M%S"))
+            })
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn partitions_makes_them_at_the_configured_width_and_prints_what_it_did() {
+    // Migrated without maintenance: no partition yet.
+    let db = TestDb::at_version(8).await;
+    let out = stdout(&aioka_partitioned(&db, &["partitions"], &HOURS));
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let done: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(done["skipped"], false);
+    let start: chrono::DateTime<chrono::Utc> =
+        done["log_starts_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(start.timestamp() % 3600, 0, "{done}");
+    assert!(chrono::Utc::now() - start < chrono::Duration::hours(1));
+    let mut created: Vec<String> = serde_json::from_value(done["created"].clone()).unwrap();
+    created.sort();
+    assert_eq!(created, three_hours(start));
+    assert_eq!(done["dropped"], serde_json::json!([]));
+
+    let again: Value =
+        serde_json::from_str(stdout(&aioka_partitioned(&db, &["partitions"], &HOURS)).trim())
+            .unwrap();
+    assert_eq!(again["created"], serde_json::json!([]), "{again}");
+}
+
+#[tokio::test]
+async fn migrate_makes_the_partitions_after_migrating() {
+    let db = TestDb::at_version(7).await;
+    let out = aioka_partitioned(&db, &["migrate"], &HOURS);
+    stdout(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("partitions: 6 created, 0 dropped"),
+        "{stderr}"
+    );
+    let mut names: Vec<String> = db
+        .store
+        .partitions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    names.sort();
+    let start = db.store.log_window().await.unwrap().starts_at;
+    assert_eq!(names, three_hours(start));
+}
+
+#[tokio::test]
+async fn a_bad_partition_setting_is_refused_with_its_name() {
+    let db = TestDb::new().await;
+    for (key, value, name) in [
+        (
+            "AIOKA__DATABASE__PARTITIONS_AHEAD",
+            "0",
+            "database.partitions_ahead",
+        ),
+        ("AIOKA__DATABASE__RETENTION", "1h", "database.retention"),
+        (
+            "AIOKA__DATABASE__PARTITION_INTERVAL",
+            "1500ms",
+            "database.partition_interval",
+        ),
+    ] {
+        let out = aioka_partitioned(&db, &["partitions"], &[(key, value)]);
+        assert!(!out.status.success(), "{key}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(name) && stderr.contains(key),
+            "{key}: {stderr}"
+        );
+    }
+}

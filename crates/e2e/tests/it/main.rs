@@ -8,6 +8,7 @@ mod forgery;
 mod hostile;
 mod ingest;
 mod manage;
+mod retention;
 mod shards;
 
 pub use aioka_e2e::{Options, PATIENCE, System, sample, verdict};

@@ -2,4 +2,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod fanout;
+mod partitions;
 mod recording;

@@ -157,13 +157,21 @@ async fn the_chain_state_tells_a_recorded_attempt_and_its_retry() {
     if let RecordKind::Attempt { next_retry_at, .. } = &mut failure.kind {
         *next_retry_at = Some(due);
     }
-    let before = f.store().chain_state(failure.delivery_id, 1).await.unwrap();
+    let before = f
+        .store()
+        .chain_state(failure.event_id, failure.delivery_id, 1)
+        .await
+        .unwrap();
     assert_eq!((before.attempts_made, before.recorded), (0, None));
     f.store()
         .record_batch(std::slice::from_ref(&failure), RULE)
         .await
         .unwrap();
-    let after = f.store().chain_state(failure.delivery_id, 1).await.unwrap();
+    let after = f
+        .store()
+        .chain_state(failure.event_id, failure.delivery_id, 1)
+        .await
+        .unwrap();
     assert_eq!(after.attempts_made, 1);
     let recorded = after.recorded.unwrap();
     // PostgreSQL keeps microseconds.
@@ -175,6 +183,10 @@ async fn the_chain_state_tells_a_recorded_attempt_and_its_retry() {
         recorded.next_retry_at.map(|t| t.timestamp_micros()),
         Some(due.timestamp_micros())
     );
-    let next = f.store().chain_state(failure.delivery_id, 2).await.unwrap();
+    let next = f
+        .store()
+        .chain_state(failure.event_id, failure.delivery_id, 2)
+        .await
+        .unwrap();
     assert_eq!((next.attempts_made, next.recorded), (1, None));
 }

@@ -1,0 +1,62 @@
+//! Partition maintenance of the delivery log, run by every fanout process every
+//! `partition_interval / 2` (at most a minute): partitions created ahead, expired ones
+//! dropped, old events trimmed. Processes take turns through the store's advisory lock; one
+//! that finds it held skips its turn. A failed run (a lock that could not be had within the
+//! store's timeout, a database outage) is logged and counted, and the next run repeats it.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aioka_store::{Maintained, Store};
+use tokio_util::sync::CancellationToken;
+
+/// Runs maintenance at once and then every `period` until `shutdown`.
+pub(crate) async fn run(store: Store, period: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // A run cut off by shutdown (its connection closed) leaves at most a detach pending,
+        // which the next run anywhere finishes.
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = store.maintain_partitions() => match result {
+                Ok(done) => report(&done),
+                Err(e) => {
+                    metrics::counter!("aioka_partition_maintenance_failures_total").increment(1);
+                    tracing::warn!(error = %e, "partition maintenance failed; the next run repeats it");
+                }
+            },
+        }
+    }
+}
+
+fn report(done: &Maintained) {
+    if done.skipped {
+        return;
+    }
+    metrics::counter!("aioka_partitions_created_total", "by" => "maintenance")
+        .increment(done.created.len() as u64);
+    metrics::counter!("aioka_partitions_dropped_total").increment(done.dropped.len() as u64);
+    metrics::counter!("aioka_events_trimmed_total").increment(done.events_trimmed);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics::gauge!("aioka_partition_maintenance_last_run_timestamp_seconds")
+        .set(now.as_secs_f64());
+    if let Some(start) = done.log_starts_at {
+        metrics::gauge!("aioka_delivery_log_starts_at_timestamp_seconds")
+            .set(start.timestamp() as f64);
+    }
+    if !done.created.is_empty() || !done.dropped.is_empty() || done.events_trimmed > 0 {
+        tracing::info!(
+            created = ?done.created,
+            dropped = ?done.dropped,
+            events_trimmed = done.events_trimmed,
+            log_starts_at = ?done.log_starts_at,
+            "partitions maintained"
+        );
+    }
+}
