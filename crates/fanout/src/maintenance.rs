@@ -9,6 +9,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aioka_store::{Maintained, Store};
 use tokio_util::sync::CancellationToken;
 
+/// How long a maintenance run in progress at shutdown may take to finish.
+const FINISH_ON_SHUTDOWN: Duration = Duration::from_secs(10);
+
 /// Runs maintenance at once and then every `period` until `shutdown`.
 pub(crate) async fn run(store: Store, period: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(period);
@@ -18,17 +21,30 @@ pub(crate) async fn run(store: Store, period: Duration, shutdown: CancellationTo
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // A run cut off by shutdown (its connection closed) leaves at most a detach pending,
-        // which the next run anywhere finishes.
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            result = store.maintain_partitions() => match result {
-                Ok(done) => report(&done),
-                Err(e) => {
-                    metrics::counter!("aioka_partition_maintenance_failures_total").increment(1);
-                    tracing::warn!(error = %e, "partition maintenance failed; the next run repeats it");
+        // A run in progress when shutdown comes is let finish (its drops and its trim belong
+        // together: the log at rest holds no event whose deliveries are gone), within
+        // FINISH_ON_SHUTDOWN. One cut off after that (or by kill -9) leaves at most a detach
+        // pending and events untrimmed, which the next run anywhere finishes.
+        let run = store.maintain_partitions();
+        tokio::pin!(run);
+        let result = tokio::select! {
+            result = &mut run => result,
+            _ = shutdown.cancelled() => {
+                match tokio::time::timeout(FINISH_ON_SHUTDOWN, &mut run).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        tracing::warn!("partition maintenance cut off by shutdown; the next run finishes it");
+                        return;
+                    }
                 }
-            },
+            }
+        };
+        match result {
+            Ok(done) => report(&done),
+            Err(e) => {
+                metrics::counter!("aioka_partition_maintenance_failures_total").increment(1);
+                tracing::warn!(error = %e, "partition maintenance failed; the next run repeats it");
+            }
         }
     }
 }
