@@ -89,6 +89,9 @@ pub async fn run(
         recorder,
         task_key,
         store,
+        // A send takes at most connect_timeout + timeout; its record is written within
+        // the recorder's flush interval unless the database is out.
+        claim_lease: d.connect_timeout + d.timeout + std::time::Duration::from_secs(20),
         health,
         stopping: shutdown.clone(),
     });

@@ -17,7 +17,7 @@ use aioka_queue::{
     persistent_json, run_consumer,
 };
 use aioka_runtime::Health;
-use aioka_store::{AttemptRecord, ChainState, RecordKind, Store};
+use aioka_store::{AttemptRecord, ChainState, ClaimOutcome, RecordKind, Store};
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -46,6 +46,9 @@ pub(crate) struct Worker {
     pub task_key: aioka_core::TaskKey,
     /// For the state of deliveries whose tasks may be repeats (redelivered, or retries).
     pub store: Store,
+    /// How long a claim on an attempt holds (`Store::claim_attempt`): longer than a send
+    /// and its record take, so only a claimer that died loses it.
+    pub claim_lease: Duration,
     pub health: Health,
     /// Cancelled on shutdown: work held for a dependency gives up and requeues.
     pub stopping: CancellationToken,
@@ -58,6 +61,8 @@ const REDELIVERED_HEADER: &str = "x-aioka-redelivered";
 enum Done {
     Ack,
     Requeue,
+    /// Put off through the defer queue (and acked there).
+    PutOff,
     /// Left unsettled: the publisher channel is dead, so the session is about to end and
     /// the broker hands the message back. Requeueing it here would spin it through the
     /// queue's delivery limit (20) within milliseconds and park a healthy task.
@@ -86,7 +91,7 @@ async fn settle(delivery: &Delivery, done: Done) {
     match done {
         Done::Ack => aioka_queue::ack(delivery).await,
         Done::Requeue => aioka_queue::requeue(delivery).await,
-        Done::Hold => {}
+        Done::Hold | Done::PutOff => {}
     }
 }
 
@@ -166,29 +171,43 @@ impl Worker {
             || header_str(delivery.properties.headers().as_ref(), REDELIVERED_HEADER).is_some();
         let Some(_slot) = self.take_slot(task.webhook_id) else {
             // This webhook already has its share of our slots: put the task off, unattempted.
-            let mut props = delivery.properties.clone();
-            if redelivered {
-                let mut headers = props.headers().clone().unwrap_or_default();
-                headers.insert(REDELIVERED_HEADER.into(), AMQPValue::LongString("1".into()));
-                props = props.with_headers(headers);
-            }
-            let (exchange, key) = self.topology.defer_route(task.webhook_id);
-            return match publisher
-                .publish(&exchange, &key, &delivery.data, props)
-                .await
-            {
-                Ok(()) => {
-                    metrics::counter!("aioka_delivery_deferred_total").increment(1);
-                    aioka_queue::ack(&delivery).await;
-                }
-                Err(_) => settle(&delivery, requeue_unless_closed(publisher)).await,
-            };
+            let done = self.put_off(publisher, &delivery, &task, redelivered).await;
+            return settle(&delivery, done).await;
         };
         let done = self
             .deliver(publisher, &delivery, task, redelivered)
             .instrument(span)
             .await;
         settle(&delivery, done).await;
+    }
+
+    /// Sends the task round the defer queue (a second, `DEFER_DELAY_MS`) and acks this copy;
+    /// a redelivered task keeps that mark on its way.
+    async fn put_off(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        task: &DeliveryTask,
+        redelivered: bool,
+    ) -> Done {
+        let mut props = delivery.properties.clone();
+        if redelivered {
+            let mut headers = props.headers().clone().unwrap_or_default();
+            headers.insert(REDELIVERED_HEADER.into(), AMQPValue::LongString("1".into()));
+            props = props.with_headers(headers);
+        }
+        let (exchange, key) = self.topology.defer_route(task.webhook_id);
+        match publisher
+            .publish(&exchange, &key, &delivery.data, props)
+            .await
+        {
+            Ok(()) => {
+                metrics::counter!("aioka_delivery_deferred_total").increment(1);
+                aioka_queue::ack(delivery).await;
+                Done::PutOff
+            }
+            Err(_) => requeue_unless_closed(publisher),
+        }
     }
 
     /// Moves a message to the parking queue with `reason`.
@@ -232,20 +251,48 @@ impl Worker {
         redelivered: bool,
     ) -> Done {
         // A redelivered task may have been sent and recorded by a process that died before
-        // acking it, and a retry may be a copy of one already made: look before sending.
-        // The copy `resume_chain` publishes after a lost ack comes seconds after the
-        // original (once the broker or the process is back), by when the original is
-        // usually recorded. First attempts that come for the first time (nearly all of the
-        // traffic) skip this read.
+        // acking it, and a retry may be a copy of one already made or being made: before
+        // sending, claim the attempt (one statement; of two copies asking at once one wins).
+        // The copy `resume_chain` publishes after a lost ack, or a chunk fanout republished
+        // after a broker outage, then never sends an attempt a second time while the process
+        // holding it lives. First attempts that come for the first time (nearly all of the
+        // traffic) skip this write.
         if redelivered || task.attempt_in_series() > 1 {
-            let Some(state) = self.chain_state(&task).await else {
+            let Some(claim) = self
+                .through_outage("claiming the attempt", || {
+                    self.store.claim_attempt(
+                        task.event_id,
+                        task.delivery_id,
+                        task.attempt,
+                        self.claim_lease,
+                    )
+                })
+                .await
+            else {
                 return Done::Requeue;
             };
-            if state.recorded.is_some() {
-                metrics::counter!("aioka_delivery_repeats_avoided_total").increment(1);
-                return self
-                    .resume_chain(publisher, redelivered, &task, &state)
-                    .await;
+            match claim.outcome {
+                ClaimOutcome::Claimed | ClaimOutcome::NoRow => {}
+                ClaimOutcome::Made if claim.state.recorded.is_none() => {
+                    // A later attempt is recorded, or the delivery ended (a skip records no
+                    // attempt): this copy has nothing left to do.
+                    metrics::counter!("aioka_delivery_repeats_avoided_total").increment(1);
+                    tracing::info!("the delivery has moved on; not sending this copy");
+                    return Done::Ack;
+                }
+                ClaimOutcome::Made => {
+                    metrics::counter!("aioka_delivery_repeats_avoided_total").increment(1);
+                    return self
+                        .resume_chain(publisher, redelivered, &task, &claim.state)
+                        .await;
+                }
+                ClaimOutcome::HeldByOther => {
+                    // Another copy is being sent now. Come back when it is recorded (then
+                    // this copy ends) or its holder died (then the claim lapses).
+                    metrics::counter!("aioka_delivery_claims_held_total").increment(1);
+                    tracing::info!("attempt held by another copy; putting this one off");
+                    return self.put_off(publisher, delivery, &task, redelivered).await;
+                }
             }
         }
         let Some(target) = self

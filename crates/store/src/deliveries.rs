@@ -133,6 +133,29 @@ pub struct ChainState {
     pub recorded: Option<RecordedAttempt>,
 }
 
+/// What [`Store::claim_attempt`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptClaim {
+    /// The chain as it stood before the claim.
+    pub state: ChainState,
+    /// What the caller may do with the attempt.
+    pub outcome: ClaimOutcome,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The caller holds attempt n until the lease ends: it sends it.
+    Claimed,
+    /// The delivery has no row yet (its first attempt is not recorded): nothing to claim, the
+    /// caller sends (a first attempt may repeat once after a crash).
+    NoRow,
+    /// Another copy holds the attempt and its lease runs: the caller puts its copy off.
+    HeldByOther,
+    /// The attempt is recorded, or a later one is, or the delivery has ended (succeeded,
+    /// failed, or skipped because its webhook was disabled): nothing to send.
+    Made,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedAttempt {
     pub at: DateTime<Utc>,
@@ -389,6 +412,76 @@ impl Store {
         })
     }
 
+    /// Reads the chain like [`Store::chain_state`] and, unless attempt `attempt` (or a later
+    /// one) is recorded, claims it for `lease`: one statement, so of two copies of a task
+    /// that ask at once exactly one gets the claim (the other's update waits for the first
+    /// and then finds the claim taken). A lapsed claim (its holder died before recording)
+    /// is taken over.
+    #[tracing::instrument(skip_all, fields(delivery_id = %delivery, attempt))]
+    pub async fn claim_attempt(
+        &self,
+        event: EventId,
+        delivery: DeliveryId,
+        attempt: u32,
+        lease: std::time::Duration,
+    ) -> Result<AttemptClaim, StoreError> {
+        let client = self.pool.get().await?;
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let row = client
+            .query_one(
+                "WITH k AS (SELECT (SELECT received_at FROM events WHERE id = $3) AS at),
+                 claim AS (
+                     UPDATE deliveries d
+                     SET claimed_attempt = $2,
+                         claim_until = now() + make_interval(secs => $4::bigint / 1000.0)
+                     FROM k
+                     WHERE d.id = $1 AND d.event_received_at = k.at AND d.attempts < $2
+                       AND d.status = 'pending'
+                       AND (d.claimed_attempt IS NULL OR d.claimed_attempt < $2
+                            OR d.claim_until <= now())
+                     RETURNING d.id)
+                 SELECT (SELECT attempts FROM deliveries
+                         WHERE id = $1 AND event_received_at = k.at),
+                        a.attempted_at, a.next_retry_at,
+                        EXISTS (SELECT 1 FROM claim),
+                        (SELECT status FROM deliveries
+                         WHERE id = $1 AND event_received_at = k.at)
+                 FROM k
+                 LEFT JOIN delivery_attempts a
+                        ON a.delivery_id = $1 AND a.attempt = $2 AND a.event_received_at = k.at",
+                &[
+                    &delivery.as_uuid(),
+                    &to_i32(attempt),
+                    &event.as_uuid(),
+                    &lease_ms,
+                ],
+            )
+            .await?;
+        let made: Option<i32> = row.try_get(0)?;
+        let at: Option<DateTime<Utc>> = row.try_get(1)?;
+        let claimed: bool = row.try_get(3)?;
+        let ended = row
+            .try_get::<_, Option<String>>(4)?
+            .is_some_and(|status| status != DeliveryStatus::Pending.as_str());
+        let state = ChainState {
+            attempts_made: made.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
+            recorded: at.map(|at| RecordedAttempt {
+                at,
+                next_retry_at: row.try_get(2).ok().flatten(),
+            }),
+        };
+        let outcome = if claimed {
+            ClaimOutcome::Claimed
+        } else if made.is_none() {
+            ClaimOutcome::NoRow
+        } else if state.recorded.is_some() || state.attempts_made >= attempt || ended {
+            ClaimOutcome::Made
+        } else {
+            ClaimOutcome::HeldByOther
+        };
+        Ok(AttemptClaim { state, outcome })
+    }
+
     /// The send targets of `ids` (found ones only; deleted ones are returned as deleted).
     #[tracing::instrument(skip_all, fields(count = ids.len()))]
     pub async fn delivery_targets(
@@ -551,6 +644,7 @@ impl Store {
         let key: DateTime<Utc> = row.try_get(6)?;
         tx.execute(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), skip_reason = NULL,
+                                   claimed_attempt = NULL,
                                    updated_at = now()
              WHERE id = $1 AND event_received_at = $2",
             &[&delivery.as_uuid(), &key],

@@ -17,8 +17,9 @@ mod webhooks;
 
 pub use audit::{AttemptAudit, DeliveryAudit, EventAudit, WebhookAudit};
 pub use deliveries::{
-    AttemptRecord, AttemptRow, BatchWritten, ChainState, DeliveryRecord, DeliveryStatus,
-    DeliveryTarget, Disabled, RecordKind, RecordedAttempt, Resend, ResendError,
+    AttemptClaim, AttemptRecord, AttemptRow, BatchWritten, ChainState, ClaimOutcome,
+    DeliveryRecord, DeliveryStatus, DeliveryTarget, Disabled, RecordKind, RecordedAttempt, Resend,
+    ResendError,
 };
 pub use error::StoreError;
 pub use events::{Claim, ClaimGuard, EventSource, NewEvent, Progress};

@@ -216,3 +216,95 @@ async fn revoking_a_key_stops_its_queued_retries() {
     );
     let _ = webhook;
 }
+
+/// Publishes a copy of attempt `attempt` of the delivery of `event` to `webhook`, tagged with
+/// the system's key as fanout and delivery tag theirs: what a retry scheduled twice, or a
+/// chunk republished after a broker outage, puts in the queue.
+async fn publish_copy(system: &System, event: &str, webhook: &str, attempt: u32) {
+    let key = aioka_core::EncryptionKey::from_base64(
+        system.env.get("AIOKA__SECURITY__SECRET_KEY").unwrap(),
+    )
+    .unwrap();
+    let event_id: aioka_core::EventId = event.parse().unwrap();
+    let webhook_id: aioka_core::WebhookId = webhook.parse().unwrap();
+    let task = aioka_core::messages::DeliveryTask {
+        delivery_id: aioka_core::DeliveryId::for_pair(event_id, webhook_id),
+        event_id,
+        webhook_id,
+        event_type: EventType::VerdictNew,
+        body: r#"{"event":"verdict.new","data":{"copy":true}}"#.into(),
+        attempt,
+        series_start: 1,
+        auth: None,
+    }
+    .authenticated(&key.task_key());
+    let connection = system.broker.connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let topology = system.broker.topology();
+    let (exchange, routing_key) = topology.task_route(webhook_id);
+    channel
+        .basic_publish(
+            exchange.as_str().into(),
+            routing_key.as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            &aioka_core::messages::Task::V1(task).to_bytes(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_of_a_retry_taken_by_two_delivery_processes_at_once_send_it_once() {
+    let system = System::start().await;
+    let _second = system.spawn_delivery(&[]).await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["verdict.new"]).await;
+    // Attempt 1 fails; every answer takes 1.5 s, so the copies below arrive while the
+    // scheduled retry (due 200 ms after attempt 1) is being sent.
+    receiver.script(&[500]);
+    receiver.delay(std::time::Duration::from_millis(1500));
+    let event = system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    system
+        .wait_for_delivery(&customer, &webhook, |d| d["attempt_count"] == 1)
+        .await;
+
+    // The fault: two more copies of attempt 2, one for each delivery process to take while
+    // the first is in flight.
+    publish_copy(&system, &event, &webhook, 2).await;
+    publish_copy(&system, &event, &webhook, 2).await;
+    let logged = system
+        .wait_for_delivery(&customer, &webhook, |d| d["status"] == "succeeded")
+        .await;
+    // The copies were put off, not dropped: they come back every second until the attempt
+    // is recorded. Give them the time to show a second send.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let seen = attempts_seen(&receiver);
+    assert_eq!(
+        seen,
+        BTreeMap::from([(1, 1), (2, 1)]),
+        "attempt 2 was sent by more than one copy"
+    );
+    assert_eq!(logged["attempt_count"], 2);
+    let metrics = system
+        .client
+        .get(format!("{}/metrics", system.admins[2]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let held: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("aioka_delivery_claims_held_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        held >= 1.0,
+        "the fault did not land: no copy found the attempt held by another ({held})"
+    );
+}

@@ -190,3 +190,98 @@ async fn the_chain_state_tells_a_recorded_attempt_and_its_retry() {
         .unwrap();
     assert_eq!((next.attempts_made, next.recorded), (1, None));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn of_many_copies_claiming_an_attempt_at_once_exactly_one_gets_it_until_its_lease_lapses() {
+    use aioka_store::ClaimOutcome;
+    let f = Fixture::new().await;
+    let mut first = f.attempt(0, Outcome::Failure).await;
+    // Failed with a retry due: the delivery stays pending.
+    if let RecordKind::Attempt { next_retry_at, .. } = &mut first.kind {
+        *next_retry_at = Some(Utc::now() + Duration::seconds(5));
+    }
+    let (event, delivery) = (first.event_id, first.delivery_id);
+    let lease = std::time::Duration::from_secs(30);
+    // No row before the first attempt is recorded: nothing to claim.
+    let none = f
+        .store()
+        .claim_attempt(event, delivery, 1, lease)
+        .await
+        .unwrap();
+    assert_eq!(none.outcome, ClaimOutcome::NoRow);
+    f.store()
+        .record_batch(std::slice::from_ref(&first), RULE)
+        .await
+        .unwrap();
+
+    // Eight copies of attempt 2 ask at once, each on a connection of its own.
+    let claims = futures_util::future::join_all(
+        (0..8).map(|_| f.store().claim_attempt(event, delivery, 2, lease)),
+    )
+    .await;
+    let outcomes: Vec<ClaimOutcome> = claims.into_iter().map(|c| c.unwrap().outcome).collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == ClaimOutcome::Claimed)
+            .count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, ClaimOutcome::Claimed | ClaimOutcome::HeldByOther)),
+        "{outcomes:?}"
+    );
+    // Attempt 1 is made: a copy of it claims nothing and is told so.
+    let again = f
+        .store()
+        .claim_attempt(event, delivery, 1, lease)
+        .await
+        .unwrap();
+    assert_eq!(again.outcome, ClaimOutcome::Made);
+    assert!(again.state.recorded.is_some());
+
+    // A claim whose holder died (its lease lapsed) is taken over.
+    let short = std::time::Duration::from_millis(200);
+    let third = f
+        .store()
+        .claim_attempt(event, delivery, 3, short)
+        .await
+        .unwrap();
+    assert_eq!(third.outcome, ClaimOutcome::Claimed);
+    let held = f
+        .store()
+        .claim_attempt(event, delivery, 3, short)
+        .await
+        .unwrap();
+    assert_eq!(held.outcome, ClaimOutcome::HeldByOther);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let taken = f
+        .store()
+        .claim_attempt(event, delivery, 3, short)
+        .await
+        .unwrap();
+    assert_eq!(taken.outcome, ClaimOutcome::Claimed);
+
+    // The holder skips attempt 3 (its webhook was disabled): a skip records no attempt, and
+    // the copies that wait on the claim are told the delivery has ended, not held.
+    let skip = AttemptRecord {
+        attempt: 3,
+        kind: RecordKind::Skipped {
+            reason: "webhook disabled",
+        },
+        ..first.clone()
+    };
+    f.store()
+        .record_batch(std::slice::from_ref(&skip), RULE)
+        .await
+        .unwrap();
+    let after_skip = f
+        .store()
+        .claim_attempt(event, delivery, 3, lease)
+        .await
+        .unwrap();
+    assert_eq!(after_skip.outcome, ClaimOutcome::Made);
+}
