@@ -16,6 +16,11 @@
 # A second, independent cluster needs only another prefix and port, e.g.
 # AIOKA_CLUSTER_PREFIX=aiokaft AIOKA_CLUSTER_PORT=5691 scripts/cluster start.
 #
+# Three nodes share this machine's cores with the services: their schedulers do not
+# busy-wait (+sbwt none, https://www.rabbitmq.com/runtime.html#busy-waiting), which on two
+# cores otherwise burns the CPU the services and receivers need (scripts/chaos --cluster saw
+# 1 s delivery timeouts against a local receiver at a load of 12 without it).
+#
 # Every node runs as the rabbitmq user (the Debian wrappers switch to it), so all of them,
 # the machine's node and the CLI share one Erlang cookie: /var/lib/rabbitmq/.erlang.cookie.
 #
@@ -107,6 +112,7 @@ ADVANCED_CONFIG_FILE=$dir/advanced.config
 ENABLED_PLUGINS_FILE=$dir/enabled_plugins
 ERL_EPMD_ADDRESS=127.0.0.1
 export ERL_FLAGS="-kernel inet_dist_use_interface {127,0,0,1}"
+SERVER_ADDITIONAL_ERL_ARGS="+sbwt none +sbwtdcpu none +sbwtdio none"
 ENV
     # pause_minority: the documented choice for clusters of three or more; a node cut off
     # from the other two stops serving rather than diverging

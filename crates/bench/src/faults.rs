@@ -34,6 +34,9 @@ pub struct RetryExchangeArgs {
     /// `amqp.delivery_limit` of the services.
     #[arg(long, default_value_t = 20)]
     delivery_limit: u32,
+    /// `amqp.delivery_shards` of the services: every shard's wait queues count.
+    #[arg(long, env = "AIOKA__AMQP__DELIVERY_SHARDS", default_value_t = 1)]
+    shards: u16,
 }
 
 pub async fn retry_exchange(args: RetryExchangeArgs) -> anyhow::Result<()> {
@@ -43,7 +46,8 @@ pub async fn retry_exchange(args: RetryExchangeArgs) -> anyhow::Result<()> {
             .map(|ms| Duration::from_millis(*ms))
             .collect(),
     )?;
-    let topology = Topology::new(&args.prefix, schedule.tiers(), args.delivery_limit);
+    let topology =
+        Topology::new(&args.prefix, schedule.tiers(), args.delivery_limit).with_shards(args.shards);
     let connection = aioka_queue::connect(&args.amqp_url, "aioka-bench-faults").await?;
     let channel = connection.create_channel().await?;
     match args.action {
@@ -78,6 +82,9 @@ pub struct WaitRetryingArgs {
     metrics: String,
     #[arg(long, default_value_t = 20)]
     timeout_seconds: u64,
+    /// `amqp.delivery_shards` of the services: every shard's wait queues count.
+    #[arg(long, env = "AIOKA__AMQP__DELIVERY_SHARDS", default_value_t = 1)]
+    shards: u16,
 }
 
 /// The sum of `aioka_delivery_in_flight` in a Prometheus text page.
@@ -103,11 +110,12 @@ pub async fn wait_retrying(args: WaitRetryingArgs) -> anyhow::Result<()> {
             .map(|ms| Duration::from_millis(*ms))
             .collect(),
     )?;
-    let topology = Topology::new(&args.prefix, schedule.tiers(), 1);
+    let topology = Topology::new(&args.prefix, schedule.tiers(), 1).with_shards(args.shards);
     let queues: Vec<String> = schedule
         .tiers()
         .into_iter()
-        .map(|t| topology.retry_queue(t))
+        .flat_map(|t| (0..args.shards).map(move |s| (t, s)))
+        .map(|(t, s)| topology.shard_retry_queue(t, s))
         .collect();
     let connection = aioka_queue::connect(&args.amqp_url, "aioka-bench-faults").await?;
     let channel = connection.create_channel().await?;

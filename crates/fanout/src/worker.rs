@@ -196,7 +196,18 @@ impl Worker {
                 .claim_fanout(&new, self.settings.fanout.claim_lease, holder)
                 .await?
             {
-                Claim::Claimed { cursor } => break cursor,
+                Claim::Claimed { cursor } => {
+                    // Which worker holds which event, and whether it picked up a fan-out
+                    // another one left part-way (an operator's, and the chaos harness's,
+                    // evidence of a resumed fan-out).
+                    tracing::info!(
+                        event_id = %event.id,
+                        %holder,
+                        resumed = cursor.is_some(),
+                        "fan-out claimed"
+                    );
+                    break cursor;
+                }
                 Claim::Done => {
                     tracing::info!("duplicate event: already fanned out");
                     metrics::counter!("aioka_fanout_duplicates_total").increment(1);
