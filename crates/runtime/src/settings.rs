@@ -137,6 +137,9 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     pub log_filter: String,
     pub otlp_endpoint: String,
+    /// PEM file of extra root certificates for an HTTPS collector (a private CA); empty:
+    /// the machine's roots only.
+    pub otlp_extra_root_certs: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

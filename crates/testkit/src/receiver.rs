@@ -68,6 +68,14 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// A certificate and key (PEM) for localhost, 127.0.0.1 and ::1, signed by this CA: for
+    /// a test's own TLS server.
+    pub fn server_pem(&self) -> (String, String) {
+        self.leaf(false)
+    }
+}
+
 impl Default for TestCa {
     fn default() -> Self {
         Self::new()
