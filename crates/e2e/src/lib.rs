@@ -4,6 +4,8 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod real;
+
 use std::time::Duration;
 
 use aioka_core::KeyKind;

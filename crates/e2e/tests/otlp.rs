@@ -8,23 +8,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aioka_core::event::EventType;
-use aioka_core::tier::Tier;
-use aioka_core::{ApiKey, KeyKind};
-use aioka_e2e::{PATIENCE, sample};
-use aioka_store::NewKey;
-use aioka_testkit::{Api, Receiver, TestBroker, TestCa, TestDb, TestEnv};
+use aioka_e2e::PATIENCE;
+use aioka_e2e::real::{Stack, free_port};
+use aioka_testkit::{Receiver, TestCa};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, any_value};
 use prost::Message;
-use serde_json::json;
 
 /// One span as the collector received it, with the service that sent it.
 #[derive(Debug, Clone)]
@@ -112,201 +106,6 @@ async fn collector(tls: Option<&TestCa>) -> (String, Arc<Mutex<Vec<Got>>>) {
             tokio::spawn(async move { server.serve(app.into_make_service()).await.unwrap() });
             (format!("https://127.0.0.1:{}", addr.port()), spans)
         }
-    }
-}
-
-/// The directory of the workspace's binaries, built here if need be: the test runner builds
-/// the test targets, not necessarily every service binary.
-fn binaries() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--locked", "--bins"])
-        .args([
-            "-p",
-            "aioka-gateway",
-            "-p",
-            "aioka-fanout",
-            "-p",
-            "aioka-delivery",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "building the service binaries failed");
-    // target/<profile>/deps/<this test> → target/<profile>
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_path_buf()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A service process, killed when dropped.
-struct Service(Child);
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(bin: &std::path::Path, name: &str, env: &TestEnv, log: &std::path::Path) -> Service {
-    let mut command = Command::new(bin.join(name));
-    // Only the test's settings: none the caller's environment happens to hold.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("AIOKA__") {
-            command.env_remove(key);
-        }
-    }
-    let log = std::fs::File::create(log.join(format!("{name}.log"))).unwrap();
-    let child = command
-        .envs(env.vars().iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Service(child)
-}
-
-async fn wait_ready(client: &reqwest::Client, admin: u16, name: &str, log: &std::path::Path) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Ok(r) = client
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name} never became ready: {}",
-            std::fs::read_to_string(log.join(format!("{name}.log"))).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The three real binaries on a database and broker of their own, with `settings` on top of
-/// the test's; a customer and a producer key.
-struct Stack {
-    api: Api,
-    ca: TestCa,
-    customer: String,
-    producer: String,
-    delivery_admin: u16,
-    logs: PathBuf,
-    _services: Vec<Service>,
-    _db: TestDb,
-    _broker: TestBroker,
-}
-
-impl Stack {
-    async fn start(settings: &[(&str, String)]) -> Self {
-        let bin = binaries();
-        let db = TestDb::new().await;
-        let broker = TestBroker::new("200ms");
-        let ca = TestCa::new();
-        let logs = tempdir();
-        let (api_port, gw_admin, fo_admin, dl_admin) =
-            (free_port(), free_port(), free_port(), free_port());
-        let mut env = TestEnv::new(&db, Some(&broker));
-        env.set(
-            "AIOKA__DELIVERY__EXTRA_ROOT_CERTS",
-            ca.pem_path.to_str().unwrap(),
-        );
-        env.set("AIOKA__GATEWAY__LISTEN", &format!("127.0.0.1:{api_port}"));
-        env.set(
-            "AIOKA__GATEWAY__ADMIN_LISTEN",
-            &format!("127.0.0.1:{gw_admin}"),
-        );
-        env.set(
-            "AIOKA__FANOUT__HEALTH_LISTEN",
-            &format!("127.0.0.1:{fo_admin}"),
-        );
-        env.set(
-            "AIOKA__DELIVERY__HEALTH_LISTEN",
-            &format!("127.0.0.1:{dl_admin}"),
-        );
-        env.set("AIOKA__TELEMETRY__LOG_FILTER", "info");
-        for (k, v) in settings {
-            env.set(k, v);
-        }
-        let services: Vec<Service> = ["aioka-gateway", "aioka-fanout", "aioka-delivery"]
-            .iter()
-            .map(|name| start(&bin, name, &env, &logs))
-            .collect();
-        let client = aioka_testkit::http_client();
-        for (port, name) in [
-            (gw_admin, "aioka-gateway"),
-            (fo_admin, "aioka-fanout"),
-            (dl_admin, "aioka-delivery"),
-        ] {
-            wait_ready(&client, port, name, &logs).await;
-        }
-        let key = |kind, tier| {
-            let key = ApiKey::generate(kind);
-            let store = db.store.clone();
-            async move {
-                store
-                    .insert_key(&NewKey {
-                        name: "otlp",
-                        kind,
-                        tier,
-                        key: &key,
-                    })
-                    .await
-                    .unwrap();
-                key.expose().to_owned()
-            }
-        };
-        let customer = key(KeyKind::Customer, Some(Tier::Basic)).await;
-        let producer = key(KeyKind::Producer, None).await;
-        Self {
-            api: Api::new(format!("http://127.0.0.1:{api_port}")),
-            ca,
-            customer,
-            producer,
-            delivery_admin: dl_admin,
-            logs,
-            _services: services,
-            _db: db,
-            _broker: broker,
-        }
-    }
-
-    /// Registers a webhook to `receiver` for verdict.new; returns its id.
-    async fn register(&self, receiver: &Receiver) -> String {
-        let r = self
-            .api
-            .post(
-                "/v1/webhooks",
-                &self.customer,
-                &json!({"url": receiver.url, "events": ["verdict.new"]}),
-            )
-            .await;
-        assert_eq!(r.status(), 201);
-        let body: serde_json::Value = r.json().await.unwrap();
-        body["id"].as_str().unwrap().to_owned()
-    }
-
-    async fn publish(&self) {
-        let r = self
-            .api
-            .post("/v1/events", &self.producer, &sample(EventType::VerdictNew))
-            .await;
-        assert_eq!(r.status(), 202);
-    }
-
-    fn log(&self, service: &str) -> String {
-        std::fs::read_to_string(self.logs.join(format!("{service}.log"))).unwrap_or_default()
     }
 }
 
@@ -409,13 +208,6 @@ async fn the_real_binaries_export_one_trace_per_event_to_an_otlp_collector() {
         .map(|(hook, list)| (hook, list.into_iter().map(String::from).collect()))
         .collect();
     assert_eq!(attempts, expected, "attempts per webhook");
-}
-
-/// A directory for the services' logs, kept for a failed run to read.
-fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("aioka-otlp-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -49,7 +49,10 @@ pub fn init(
             .with_current_span(true)
             .with_span_list(false)
             .boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        // Colours only for a terminal: a text log piped to a file stays plain text.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed(),
     };
     let (otel, provider) = if settings.otlp_endpoint.trim().is_empty() {
         (None, None)
