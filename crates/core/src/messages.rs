@@ -44,6 +44,12 @@ pub struct DeliveryTask {
     /// a task without a valid tag is parked, never sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+    /// A test delivery (`POST /v1/webhooks/test`): sent with `X-AIOKA-Test: true` so a
+    /// receiver can tell it from a real event. Covered by the tag when set, so nobody can
+    /// mark a real delivery as a test; absent (false) on every other task, whose tags are
+    /// unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test: bool,
 }
 
 /// Why the delivery service refuses a task it cannot trace to our own services.
@@ -79,6 +85,9 @@ impl DeliveryTask {
         mac.update(event_type);
         mac.update(&(self.body.len() as u64).to_be_bytes());
         mac.update(self.body.as_bytes());
+        if self.test {
+            mac.update(b"test");
+        }
         mac
     }
 
@@ -140,6 +149,7 @@ mod tests {
             attempt: 1,
             series_start: 1,
             auth: None,
+            test: false,
         }
     }
 
@@ -175,9 +185,28 @@ mod tests {
         assert_eq!(other_webhook.verify(&key), Err(TaskRefused::BadTag));
         let garbage = DeliveryTask {
             auth: Some("not base64!".into()),
-            ..t
+            ..t.clone()
         };
         assert_eq!(garbage.verify(&key), Err(TaskRefused::BadTag));
+        // Marking a real delivery as a test (so a receiver would ignore it) breaks the tag,
+        // and a test task's tag holds only with its mark.
+        let marked = DeliveryTask {
+            test: true,
+            ..t.clone()
+        };
+        assert_eq!(marked.verify(&key), Err(TaskRefused::BadTag));
+        let test = DeliveryTask {
+            test: true,
+            auth: None,
+            ..t
+        }
+        .authenticated(&key);
+        assert_eq!(test.verify(&key), Ok(()));
+        let unmarked = DeliveryTask {
+            test: false,
+            ..test
+        };
+        assert_eq!(unmarked.verify(&key), Err(TaskRefused::BadTag));
     }
 
     #[test]

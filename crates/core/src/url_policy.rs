@@ -47,6 +47,29 @@ impl BlockReason {
     }
 }
 
+impl BlockReason {
+    /// Whether `security.allow_private_targets` (tests and local demos) lifts this block:
+    /// loopback, private networks, link-local and carrier-grade NAT, where a demo's receiver
+    /// runs. A cloud metadata service stays refused whatever the setting says (a demo on a
+    /// cloud machine must not hand a customer the instance's credentials), and so do
+    /// addresses no delivery can use (unspecified, multicast, broadcast, reserved,
+    /// documentation).
+    pub const fn lifted_by_allow_private(self) -> bool {
+        matches!(
+            self,
+            BlockReason::Loopback
+                | BlockReason::Private
+                | BlockReason::LinkLocal
+                | BlockReason::SharedAddressSpace
+        )
+    }
+}
+
+/// Why `ip` may not be connected to under the setting `allow_private`, or `None`.
+pub fn refused(ip: IpAddr, allow_private: bool) -> Option<BlockReason> {
+    blocked_reason(ip).filter(|r| !(allow_private && r.lifted_by_allow_private()))
+}
+
 /// Why `ip` may not be connected to, or `None` if it is a public unicast address.
 pub fn blocked_reason(ip: IpAddr) -> Option<BlockReason> {
     match ip {
@@ -282,7 +305,8 @@ pub enum HostToResolve {
 
 impl WebhookUrl {
     /// Checks form, scheme and, for a literal address or a well-known local name, the target.
-    /// With `allow_private` the address checks are skipped (tests and local demos).
+    /// With `allow_private` (tests and local demos) loopback and private targets pass; a
+    /// metadata service never does ([`BlockReason::lifted_by_allow_private`]).
     pub fn parse(text: &str, allow_private: bool) -> Result<Self, UrlError> {
         if text.len() > MAX_URL_LEN {
             return Err(UrlError::TooLong);
@@ -298,19 +322,12 @@ impl WebhookUrl {
             return Err(UrlError::HasFragment);
         }
         let parsed = Self { url };
-        if !allow_private {
-            match parsed.host() {
-                HostToResolve::Literal(ip) => {
-                    if let Some(reason) = blocked_reason(ip) {
-                        return Err(UrlError::Blocked(reason));
-                    }
-                }
-                HostToResolve::Name(name) => {
-                    if let Some(reason) = blocked_name(&name) {
-                        return Err(UrlError::Blocked(reason));
-                    }
-                }
-            }
+        let reason = match parsed.host() {
+            HostToResolve::Literal(ip) => blocked_reason(ip),
+            HostToResolve::Name(name) => blocked_name(&name),
+        };
+        if let Some(reason) = reason.filter(|r| !(allow_private && r.lifted_by_allow_private())) {
+            return Err(UrlError::Blocked(reason));
         }
         Ok(parsed)
     }
@@ -377,6 +394,51 @@ mod tests {
         ] {
             assert_eq!(blocked_reason(ip(a)), None, "{a}");
         }
+    }
+
+    #[test]
+    fn allowing_private_targets_opens_loopback_and_private_networks_never_a_metadata_service() {
+        for open in [
+            "127.0.0.1",
+            "::1",
+            "10.1.2.3",
+            "192.168.1.10",
+            "172.16.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+        ] {
+            assert_eq!(refused(ip(open), true), None, "{open}");
+            assert!(refused(ip(open), false).is_some(), "{open}");
+        }
+        for metadata in [
+            "169.254.169.254",
+            "100.100.100.200",
+            "fd00:ec2::254",
+            "::ffff:169.254.169.254",
+        ] {
+            assert_eq!(
+                refused(ip(metadata), true),
+                Some(BlockReason::CloudMetadata),
+                "{metadata}"
+            );
+        }
+        for never in ["0.0.0.0", "224.0.0.1", "255.255.255.255"] {
+            assert!(refused(ip(never), true).is_some(), "{never}");
+        }
+        for url in [
+            "https://169.254.169.254/latest/meta-data/",
+            "https://[fd00:ec2::254]/latest/meta-data/",
+            "https://metadata.google.internal/computeMetadata/v1/",
+            "https://metadata/",
+        ] {
+            assert_eq!(
+                WebhookUrl::parse(url, true),
+                Err(UrlError::Blocked(BlockReason::CloudMetadata)),
+                "{url}"
+            );
+        }
+        assert!(WebhookUrl::parse("https://localhost:8443/hook", true).is_ok());
+        assert!(WebhookUrl::parse("https://127.0.0.1:8443/hook", true).is_ok());
     }
 
     #[test]
@@ -605,7 +667,6 @@ mod tests {
             "https://10.0.0.5:8443/hook",
             "https://[::1]/hook",
             "https://[::ffff:192.168.0.1]/hook",
-            "https://169.254.169.254/latest/meta-data",
             "https://0x7f000001/hook",
             "https://2130706433/hook",
         ] {
@@ -613,6 +674,17 @@ mod tests {
             assert!(matches!(err, UrlError::Blocked(_)), "{u}: {err:?}");
             assert_eq!(err.code(), "private_target");
             assert!(WebhookUrl::parse(u, true).is_ok(), "{u}");
+        }
+    }
+
+    #[test]
+    fn a_literal_metadata_address_is_refused_allowed_or_not() {
+        let u = "https://169.254.169.254/latest/meta-data";
+        for allow in [false, true] {
+            assert_eq!(
+                WebhookUrl::parse(u, allow),
+                Err(UrlError::Blocked(BlockReason::CloudMetadata))
+            );
         }
     }
 

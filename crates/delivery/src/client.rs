@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aioka_core::disable::Outcome;
 use aioka_core::messages::DeliveryTask;
 use aioka_core::signing::{aioka_signature, standard_webhooks_signature};
-use aioka_core::url_policy::blocked_reason;
+use aioka_core::url_policy::refused;
 use aioka_core::{USER_AGENT, WebhookSecret};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
@@ -77,7 +77,7 @@ fn screen(
     }
     let addrs: Vec<SocketAddr> = answer
         .into_iter()
-        .filter(|a| allow_private || blocked_reason(a.ip()).is_none())
+        .filter(|a| refused(a.ip(), allow_private).is_none())
         .collect();
     if addrs.is_empty() {
         return Err(ResolveError::Blocked(host));
@@ -193,6 +193,11 @@ impl Sender {
         put("x-aioka-event", task.event_type.as_str().to_owned());
         put("x-aioka-delivery", delivery.clone());
         put("x-aioka-attempt", task.attempt.to_string());
+        // A test event (POST /v1/webhooks/test) says so: a receiver acting on events (a
+        // trading bot) must be able to ignore it.
+        if task.test {
+            put("x-aioka-test", "true".to_owned());
+        }
         put("webhook-id", delivery.clone());
         put("webhook-timestamp", timestamp.to_string());
         put(
@@ -219,16 +224,15 @@ impl Sender {
             snippet: None,
             retry_after: None,
         };
-        // reqwest skips the resolver for literal addresses: judge them here.
-        if !self.allow_private
-            && let Ok(parsed) = url::Url::parse(url)
-        {
+        // reqwest skips the resolver for literal addresses: judge them here (a metadata
+        // service is refused even with private targets allowed).
+        if let Ok(parsed) = url::Url::parse(url) {
             let literal: Option<IpAddr> = match parsed.host() {
                 Some(url::Host::Ipv4(ip)) => Some(ip.into()),
                 Some(url::Host::Ipv6(ip)) => Some(ip.into()),
                 _ => None,
             };
-            if literal.is_some_and(|ip| blocked_reason(ip).is_some()) {
+            if literal.is_some_and(|ip| refused(ip, self.allow_private).is_some()) {
                 return failed("blocked_address", None);
             }
         }
@@ -376,6 +380,19 @@ mod tests {
     }
 
     #[test]
+    fn a_metadata_service_in_an_answer_is_dropped_even_when_private_targets_are_allowed() {
+        let demo = answer(&["127.0.0.1", "169.254.169.254", "fd00:ec2::254", "10.0.0.1"]);
+        assert_eq!(
+            screen("demo.test".into(), demo, true).unwrap(),
+            answer(&["127.0.0.1", "10.0.0.1"])
+        );
+        assert!(matches!(
+            screen("metadata.test".into(), answer(&["169.254.169.254"]), true),
+            Err(ResolveError::Blocked(_))
+        ));
+    }
+
+    #[test]
     fn every_attempt_carries_both_signatures_and_its_ids() {
         let secret = WebhookSecret::generate();
         let event_id = EventId::new();
@@ -389,6 +406,7 @@ mod tests {
             attempt: 3,
             series_start: 1,
             auth: None,
+            test: false,
         };
         let h = Sender::headers(&task, &secret, 1_776_695_520);
         let dlv = task.delivery_id.to_string();

@@ -298,6 +298,7 @@ impl Worker {
                     attempt: 1,
                     series_start: 1,
                     auth: None,
+                    test: false,
                 }
                 .authenticated(&self.task_key),
             );

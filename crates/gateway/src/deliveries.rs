@@ -27,6 +27,7 @@ fn delivery_json(d: &DeliveryRecord) -> Value {
         "id": d.id,
         "event_id": d.event_id,
         "event": d.event_type,
+        "test": d.test,
         "status": d.status.as_str(),
         "attempt_count": d.attempts,
         "next_attempt_at": d.next_attempt_at.map(api_time),
@@ -245,6 +246,7 @@ pub async fn send_test(
                     attempt: 1,
                     series_start: 1,
                     auth: None,
+                    test: true,
                 }
                 .authenticated(&task_key),
             );
@@ -408,6 +410,7 @@ pub async fn retry(
             attempt: resend.attempt,
             series_start: resend.attempt,
             auth: None,
+            test: resend.test,
         }
         .authenticated(&state.encryption_key.task_key()),
     );

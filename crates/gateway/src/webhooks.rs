@@ -97,7 +97,9 @@ pub(crate) fn parse_events(value: Option<&Value>) -> Result<Vec<EventType>, ApiE
 }
 
 /// `url`: https, well-formed, and (unless private targets are allowed) not pointing at a
-/// private address, directly or through DNS.
+/// private address, directly or through DNS. A cloud metadata service is refused whatever
+/// the setting (by address or well-known name here; a name that resolves to one is refused
+/// by the delivery service's resolver at connect time).
 pub(crate) async fn parse_url(state: &AppState, value: Option<&Value>) -> Result<String, ApiError> {
     let text = value
         .ok_or_else(|| FieldError::missing("url"))?

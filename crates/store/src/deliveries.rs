@@ -189,6 +189,8 @@ pub struct DeliveryRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub attempt_log: Vec<AttemptRow>,
+    /// A test delivery (`POST /v1/webhooks/test`; its event's source is `test`).
+    pub test: bool,
 }
 
 /// What a re-send needs.
@@ -199,6 +201,8 @@ pub struct Resend {
     pub body: String,
     /// The number the re-sent attempt gets.
     pub attempt: u32,
+    /// Whether it re-sends a test delivery (which keeps its mark).
+    pub test: bool,
     /// The status before the claim, to restore if the task cannot be published.
     pub previous: DeliveryStatus,
 }
@@ -215,7 +219,7 @@ pub enum ResendError {
     NotFound,
     #[error("only failed or skipped deliveries can be re-sent; this one is {0}")]
     NotFailed(&'static str),
-    #[error("the webhook is disabled; enable it first")]
+    #[error("the webhook is disabled; enable it with PATCH is_active: true first")]
     WebhookInactive,
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -537,7 +541,8 @@ impl Store {
         let rows = client
             .query(
                 "SELECT d.id, d.seq, d.event_id, e.event_type, d.status, d.attempts,
-                        d.next_attempt_at, d.skip_reason, d.created_at, d.updated_at
+                        d.next_attempt_at, d.skip_reason, d.created_at, d.updated_at,
+                        e.source = 'test'
                  FROM deliveries d JOIN events e ON e.id = d.event_id
                  WHERE d.webhook_id = $1 AND ($2::int8 IS NULL OR d.seq < $2)
                  ORDER BY d.seq DESC LIMIT $3",
@@ -563,6 +568,7 @@ impl Store {
                 created_at: r.try_get(8)?,
                 updated_at: r.try_get(9)?,
                 attempt_log: Vec::new(),
+                test: r.try_get(10)?,
             });
         }
         let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id.as_uuid()).collect();
@@ -622,7 +628,7 @@ impl Store {
         let row = tx
             .query_opt(
                 "SELECT d.status, d.attempts, d.event_id, e.event_type, e.body, w.is_active,
-                        d.event_received_at
+                        d.event_received_at, e.source = 'test'
                  FROM deliveries d
                  JOIN webhooks w ON w.id = d.webhook_id
                  JOIN events e ON e.id = d.event_id
@@ -658,6 +664,7 @@ impl Store {
                 .map_err(|_| StoreError::Corrupt(format!("event type {event_type}")))?,
             body: row.try_get(4)?,
             attempt: u32::try_from(attempts).unwrap_or(0) + 1,
+            test: row.try_get(7)?,
             previous: status,
         })
     }

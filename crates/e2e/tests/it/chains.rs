@@ -236,6 +236,7 @@ async fn publish_copy(system: &System, event: &str, webhook: &str, attempt: u32)
         attempt,
         series_start: 1,
         auth: None,
+        test: false,
     }
     .authenticated(&key.task_key());
     let connection = system.broker.connect().await;

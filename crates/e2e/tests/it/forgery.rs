@@ -28,6 +28,7 @@ async fn a_task_without_our_tag_is_parked_and_never_sent() {
             attempt: 1,
             series_start: 1,
             auth: None,
+            test: false,
         };
         let task = match auth_key {
             Some(key) => task.authenticated(&key.task_key()),

@@ -46,6 +46,8 @@ async fn a_test_event_goes_through_the_real_pipeline_signed() {
     );
     assert_eq!(r.json()["data"], EventType::GhostSignal.sample_data());
     assert!(r.seed_signature_valid(&secret) && r.standard_signature_valid(&secret));
+    // Marked as a test, so a receiver acting on events can ignore it.
+    assert_eq!(r.header("x-aioka-test"), "true");
 
     // With no body: verdict.new to every active webhook of the key.
     let response = system
@@ -67,6 +69,28 @@ async fn a_test_event_goes_through_the_real_pipeline_signed() {
         .wait_for_delivery(&customer, &one, |d| d["status"] == "succeeded")
         .await;
     assert_eq!(logged["event"], "verdict.new");
+    assert_eq!(
+        logged["test"], true,
+        "the log marks a test delivery: {logged}"
+    );
+    assert!(all[1..].iter().all(|r| r.header("x-aioka-test") == "true"));
+
+    // A real event is not marked, on the wire or in the log.
+    let producer = system.producer().await;
+    system
+        .publish(&producer, sample(EventType::MacroAlert))
+        .await;
+    let real = receiver.wait_for(4, PATIENCE).await.remove(3);
+    assert_eq!(real.header("x-aioka-event"), "macro.alert");
+    assert!(
+        real.headers.get("x-aioka-test").is_none(),
+        "{:?}",
+        real.headers
+    );
+    let logged = system
+        .wait_for_delivery(&customer, &one, |d| d["event"] == "macro.alert")
+        .await;
+    assert_eq!(logged["test"], false, "{logged}");
 }
 
 #[tokio::test]

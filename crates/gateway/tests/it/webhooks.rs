@@ -452,4 +452,23 @@ async fn private_targets_are_refused_unless_allowed() {
         .await;
     open.register(&key, &format!("https://{host}/hook"), &["verdict.new"])
         .await;
+    // Allowing private targets never opens a cloud metadata service.
+    for url in [
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[::ffff:169.254.169.254]/latest/meta-data/",
+        "https://[fd00:ec2::254]/latest/meta-data/",
+        "https://100.100.100.200/latest/meta-data/",
+        "https://metadata.google.internal/computeMetadata/v1/",
+        "https://metadata/computeMetadata/v1/",
+    ] {
+        let response = open
+            .post(
+                "/v1/webhooks",
+                &key,
+                &json!({"url": url, "events": ["verdict.new"]}),
+            )
+            .await;
+        let body = assert_error(response, 422, "private_target", Some("url")).await;
+        assert!(body.to_string().contains("cloud metadata"), "{url}: {body}");
+    }
 }
