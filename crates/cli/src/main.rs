@@ -75,13 +75,19 @@ struct ReceiverArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:9443")]
     listen: std::net::SocketAddr,
-    /// Directory of the local CA (ca.pem, ca.key), created if missing. The delivery service
-    /// must trust its ca.pem (AIOKA__DELIVERY__EXTRA_ROOT_CERTS).
+    /// Directory of the local CA (ca.pem, ca.key), created if missing; a relative path is
+    /// under the project's root, wherever the command runs. The delivery service must trust
+    /// its ca.pem (AIOKA__DELIVERY__EXTRA_ROOT_CERTS; scripts/up sets it).
     #[arg(long, default_value = ".run/demo-ca")]
     ca_dir: std::path::PathBuf,
-    /// The webhook's whsec_ secret, to verify signatures.
-    #[arg(long, env = "AIOKA_WEBHOOK_SECRET")]
+    /// The webhook's whsec_ secret, to verify signatures. Prefer the environment variable:
+    /// a command-line argument is visible to every user in `ps`.
+    #[arg(long, env = "AIOKA_WEBHOOK_SECRET", hide_env_values = true)]
     secret: Option<String>,
+    /// Also write each delivery to this directory: `<n>.body` holds its exact body bytes,
+    /// `<n>.json` its arrival time and headers (to check signatures with your own code).
+    #[arg(long)]
+    raw_dir: Option<std::path::PathBuf>,
     /// Extra host names for the receiver's certificate (it always covers localhost,
     /// 127.0.0.1 and ::1), e.g. `--san demo-receiver` inside Docker Compose.
     #[arg(long = "san")]
@@ -157,16 +163,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // The receiver needs no database; everything else does.
     let command = match cli.command {
         Command::Receiver(args) if args.init_ca => {
-            println!("{}", receiver::ensure_ca(&args.ca_dir)?.display());
+            println!(
+                "{}",
+                receiver::ensure_ca(&receiver::resolve(&args.ca_dir))?.display()
+            );
             return Ok(());
         }
         Command::Receiver(args) => {
             return receiver::serve(
                 args.listen,
-                &args.ca_dir,
+                &receiver::resolve(&args.ca_dir),
                 args.san,
                 args.secret,
                 args.status,
+                args.raw_dir,
             )
             .await;
         }

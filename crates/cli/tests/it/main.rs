@@ -334,3 +334,113 @@ async fn a_bad_partition_setting_is_refused_with_its_name() {
         );
     }
 }
+
+/// The project's root, where scripts/up keeps `.run/demo-ca`.
+fn project_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+#[test]
+fn a_relative_ca_dir_is_under_the_project_root_wherever_the_command_runs_and_its_key_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let relative = format!(".run/{}", aioka_testkit::unique("test-ca-"));
+    let elsewhere = std::env::temp_dir();
+    let out = Command::new(env!("CARGO_BIN_EXE_aioka"))
+        .args(["receiver", "--init-ca", "--ca-dir", &relative])
+        .current_dir(&elsewhere)
+        .output()
+        .unwrap();
+    let printed = stdout(&out);
+    let dir = project_root().join(&relative);
+    assert_eq!(
+        std::path::Path::new(printed.trim_end()),
+        dir.join("ca.pem"),
+        "{printed}"
+    );
+    assert!(
+        !elsewhere.join(&relative).exists(),
+        "made under the current directory"
+    );
+    let mode = std::fs::metadata(dir.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the CA key is {mode:o}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn the_receiver_writes_each_deliverys_exact_body_and_headers_with_raw_dir() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tmp = std::env::temp_dir().join(aioka_testkit::unique("aioka-raw-"));
+    let (ca, raw) = (tmp.join("ca"), tmp.join("raw"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aioka"))
+        .args(["receiver", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--ca-dir")
+        .arg(&ca)
+        .arg("--raw-dir")
+        .arg(&raw)
+        .env(
+            "AIOKA_WEBHOOK_SECRET",
+            aioka_core::WebhookSecret::generate().expose(),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pem = loop {
+        if let Ok(pem) = std::fs::read(ca.join("ca.pem")) {
+            break pem;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).unwrap()])
+        .build()
+        .unwrap();
+    // Bytes a JSON parser would normalise: the file must keep them as sent.
+    let body = "{\"event\":\"verdict.new\",  \"data\":{\"x\":1.50}}\n";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        match client
+            .post(format!("https://127.0.0.1:{port}/hook"))
+            .header("x-aioka-delivery", "dlv_test")
+            .header("x-aioka-attempt", "2")
+            .body(body)
+            .send()
+            .await
+        {
+            Ok(r) => break r.status(),
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        std::fs::read(raw.join("000001.body")).unwrap(),
+        body.as_bytes()
+    );
+    let meta: Value =
+        serde_json::from_slice(&std::fs::read(raw.join("000001.json")).unwrap()).unwrap();
+    assert_eq!(meta["headers"]["x-aioka-delivery"], "dlv_test");
+    assert_eq!(meta["headers"]["x-aioka-attempt"], "2");
+    assert!(
+        meta["received_at"]
+            .as_str()
+            .is_some_and(|t| t.parse::<chrono::DateTime<chrono::Utc>>().is_ok()),
+        "{meta}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
