@@ -20,6 +20,10 @@ const ONLY_WHEN_IT_HAPPENS: &[(&str, &str)] = &[
         "a collector refused spans (tests/otlp.rs)",
     ),
     (
+        "aioka_gateway_id_conflicts_total",
+        "a producer reused an id with other content",
+    ),
+    (
         "aioka_gateway_rate_limited_total",
         "a key exceeded its rate limit",
     ),

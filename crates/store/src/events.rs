@@ -281,6 +281,16 @@ impl Store {
         }
     }
 
+    /// The stored envelope of event `id`, if it was received (and is inside the retention).
+    #[tracing::instrument(skip_all, fields(event_id = %id))]
+    pub async fn event_body(&self, id: EventId) -> Result<Option<String>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt("SELECT body FROM events WHERE id = $1", &[&id.as_uuid()])
+            .await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    }
+
     /// Stores an event that needs no fan-out (a test event addressed to chosen webhooks).
     #[tracing::instrument(skip_all, fields(event_id = %event.id))]
     pub async fn insert_direct_event(&self, event: &NewEvent<'_>) -> Result<(), StoreError> {

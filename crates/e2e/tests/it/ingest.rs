@@ -171,8 +171,23 @@ async fn the_same_event_id_sent_twice_is_delivered_once() {
     body["id"] = json!("council-2026-04-20T14:00");
     let first = system.publish(&producer, body.clone()).await;
     receiver.wait_for(1, PATIENCE).await;
-    let second = system.publish(&producer, body).await;
+    let second = system.publish(&producer, body.clone()).await;
     assert_eq!(first, second);
+    // The same id with other content would lose that content: refused, naming the id.
+    let mut other = body.clone();
+    other["data"]["confidence"] = json!(0.11);
+    let r = system.post("/v1/events", &producer, &other).await;
+    assert_eq!(r.status(), 409);
+    let error: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "event_id_conflict", "{error}");
+    assert_eq!(error["error"]["field"], "id", "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"council-2026-04-20T14:00\""),
+        "{error}"
+    );
     // A later event proves the pipeline kept moving, and the duplicate did not come.
     system
         .publish(&producer, sample(EventType::CouncilNew))
