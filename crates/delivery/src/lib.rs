@@ -90,9 +90,8 @@ pub async fn run(
         task_key,
         store,
         // A send takes at most connect_timeout + timeout; its record is written within
-        // the recorder's flush interval unless the database is out. A handler cut off
-        // before its record releases its claim at once (worker::HeldClaim).
-        claim_lease: d.connect_timeout + d.timeout + std::time::Duration::from_secs(10),
+        // the recorder's flush interval unless the database is out.
+        claim_lease: d.connect_timeout + d.timeout + std::time::Duration::from_secs(20),
         health,
         stopping: shutdown.clone(),
     });

@@ -54,42 +54,6 @@ pub(crate) struct Worker {
     pub stopping: CancellationToken,
 }
 
-/// A claim on an attempt, released when dropped unless the attempt was recorded: a handler
-/// cut off between its claim and its record (its broker session ended under it, and the
-/// message comes back) does not make the copies waiting on it wait out the whole lease.
-struct HeldClaim {
-    store: Store,
-    task: (aioka_core::EventId, aioka_core::DeliveryId, u32),
-    holder: uuid::Uuid,
-    armed: bool,
-}
-
-impl HeldClaim {
-    fn recorded(mut self) {
-        self.armed = false;
-    }
-}
-
-impl Drop for HeldClaim {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let (store, (event, delivery, attempt), holder) =
-            (self.store.clone(), self.task, self.holder);
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(e) = store
-                    .release_attempt_claim(event, delivery, attempt, holder)
-                    .await
-                {
-                    tracing::debug!(error = %e, "could not release an attempt claim; it lapses");
-                }
-            });
-        }
-    }
-}
-
 /// Marks a task put off through the defer queue after it had been redelivered.
 const REDELIVERED_HEADER: &str = "x-aioka-redelivered";
 
@@ -293,9 +257,7 @@ impl Worker {
         // after a broker outage, then never sends an attempt a second time while the process
         // holding it lives. First attempts that come for the first time (nearly all of the
         // traffic) skip this write.
-        let mut held = None;
         if redelivered || task.attempt_in_series() > 1 {
-            let holder = uuid::Uuid::new_v4();
             let Some(claim) = self
                 .through_outage("claiming the attempt", || {
                     self.store.claim_attempt(
@@ -303,7 +265,6 @@ impl Worker {
                         task.delivery_id,
                         task.attempt,
                         self.claim_lease,
-                        holder,
                     )
                 })
                 .await
@@ -311,15 +272,7 @@ impl Worker {
                 return Done::Requeue;
             };
             match claim.outcome {
-                ClaimOutcome::Claimed => {
-                    held = Some(HeldClaim {
-                        store: self.store.clone(),
-                        task: (task.event_id, task.delivery_id, task.attempt),
-                        holder,
-                        armed: true,
-                    });
-                }
-                ClaimOutcome::NoRow => {}
+                ClaimOutcome::Claimed | ClaimOutcome::NoRow => {}
                 ClaimOutcome::Made if claim.state.recorded.is_none() => {
                     // A later attempt is recorded, or the delivery ended (a skip records no
                     // attempt): this copy has nothing left to do.
@@ -413,13 +366,7 @@ impl Worker {
         // The record comes first and the retry after it, so that only the one process that
         // recorded this attempt first continues its chain: a task redelivered after a crash
         // is sent again, but its record is a duplicate and starts no second series.
-        let recorded = self.recorder.record(record).await;
-        if recorded.is_ok()
-            && let Some(claim) = held.take()
-        {
-            claim.recorded();
-        }
-        match recorded {
+        match self.recorder.record(record).await {
             Ok(Recorded::Fresh) => {
                 if let Some((tier, _)) = retry
                     && !self.publish_retry(publisher, &task, tier).await

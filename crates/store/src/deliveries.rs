@@ -428,7 +428,6 @@ impl Store {
         delivery: DeliveryId,
         attempt: u32,
         lease: std::time::Duration,
-        holder: Uuid,
     ) -> Result<AttemptClaim, StoreError> {
         let client = self.pool.get().await?;
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
@@ -438,8 +437,7 @@ impl Store {
                  claim AS (
                      UPDATE deliveries d
                      SET claimed_attempt = $2,
-                         claim_until = now() + make_interval(secs => $4::bigint / 1000.0),
-                         claim_holder = $5
+                         claim_until = now() + make_interval(secs => $4::bigint / 1000.0)
                      FROM k
                      WHERE d.id = $1 AND d.event_received_at = k.at AND d.attempts < $2
                        AND d.status = 'pending'
@@ -460,7 +458,6 @@ impl Store {
                     &to_i32(attempt),
                     &event.as_uuid(),
                     &lease_ms,
-                    &holder,
                 ],
             )
             .await?;
@@ -487,35 +484,6 @@ impl Store {
             ClaimOutcome::HeldByOther
         };
         Ok(AttemptClaim { state, outcome })
-    }
-
-    /// Ends `holder`'s claim on `attempt` at once (its handler stopped before the attempt
-    /// was recorded), so a copy waiting on it need not wait out the lease. A claim another
-    /// holder has taken since is left alone.
-    #[tracing::instrument(skip_all, fields(delivery_id = %delivery, attempt))]
-    pub async fn release_attempt_claim(
-        &self,
-        event: EventId,
-        delivery: DeliveryId,
-        attempt: u32,
-        holder: Uuid,
-    ) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
-                "UPDATE deliveries d SET claim_until = now()
-                 FROM (SELECT received_at AS at FROM events WHERE id = $3) AS k
-                 WHERE d.id = $1 AND d.event_received_at = k.at AND d.claimed_attempt = $2
-                   AND d.claim_holder = $4 AND d.claim_until > now()",
-                &[
-                    &delivery.as_uuid(),
-                    &to_i32(attempt),
-                    &event.as_uuid(),
-                    &holder,
-                ],
-            )
-            .await?;
-        Ok(())
     }
 
     /// The send targets of `ids` (found ones only; deleted ones are returned as deleted).
