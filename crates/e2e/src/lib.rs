@@ -241,18 +241,7 @@ impl System {
     }
 
     async fn key(&self, kind: KeyKind, tier: Option<Tier>) -> String {
-        let key = aioka_core::ApiKey::generate(kind);
-        self.db
-            .store
-            .insert_key(&NewKey {
-                name: "e2e",
-                kind,
-                tier,
-                key: &key,
-            })
-            .await
-            .unwrap();
-        key.expose().to_owned()
+        new_key(&self.db.store, kind, tier).await
     }
 
     pub async fn customer(&self) -> String {
@@ -365,6 +354,44 @@ impl Drop for System {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Stores a new API key of `kind` (and `tier`) and returns it.
+pub async fn new_key(store: &aioka_store::Store, kind: KeyKind, tier: Option<Tier>) -> String {
+    let key = aioka_core::ApiKey::generate(kind);
+    store
+        .insert_key(&NewKey {
+            name: "e2e",
+            kind,
+            tier,
+            key: &key,
+        })
+        .await
+        .unwrap();
+    key.expose().to_owned()
+}
+
+/// The Prometheus text of an admin address's `/metrics` (`http://host:port`).
+pub async fn metrics_text(admin: &str) -> String {
+    aioka_testkit::http_client()
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The sum of every sample of `name` (all label sets) in a Prometheus text page; 0 when absent.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// The seed page's verdict.new payload.

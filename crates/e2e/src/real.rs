@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use aioka_core::KeyKind;
 use aioka_core::event::EventType;
 use aioka_core::tier::Tier;
-use aioka_core::{ApiKey, KeyKind};
-use aioka_store::NewKey;
 use aioka_testkit::{Api, Receiver, TestBroker, TestCa, TestDb, TestEnv};
 use serde_json::json;
 
@@ -161,24 +160,8 @@ impl Stack {
         ] {
             wait_ready(&client, port, name, &logs).await;
         }
-        let key = |kind, tier| {
-            let key = ApiKey::generate(kind);
-            let store = db.store.clone();
-            async move {
-                store
-                    .insert_key(&NewKey {
-                        name: "otlp",
-                        kind,
-                        tier,
-                        key: &key,
-                    })
-                    .await
-                    .unwrap();
-                key.expose().to_owned()
-            }
-        };
-        let customer = key(KeyKind::Customer, Some(Tier::Basic)).await;
-        let producer = key(KeyKind::Producer, None).await;
+        let customer = crate::new_key(&db.store, KeyKind::Customer, Some(Tier::Basic)).await;
+        let producer = crate::new_key(&db.store, KeyKind::Producer, None).await;
         Self {
             api: Api::new(format!("http://127.0.0.1:{api_port}")),
             ca,

@@ -108,14 +108,7 @@ fn documented() -> BTreeMap<&'static str, Vec<Documented>> {
 }
 
 async fn scrape(port: u16) -> Vec<prometheus_parse::Sample> {
-    let text = aioka_testkit::http_client()
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = aioka_e2e::metrics_text(&format!("http://127.0.0.1:{port}")).await;
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
         .unwrap()
         .samples

@@ -259,21 +259,12 @@ async fn a_collector_that_is_down_costs_no_delivery_and_its_dropped_spans_are_co
         stack.publish().await;
     }
     receiver.wait_for(3, PATIENCE).await;
-    let client = aioka_testkit::http_client();
+    let admin = format!("http://127.0.0.1:{}", stack.delivery_admin);
     let dropped = || async {
-        let metrics = client
-            .get(format!("http://127.0.0.1:{}/metrics", stack.delivery_admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metrics
-            .lines()
-            .filter(|l| l.starts_with("aioka_trace_spans_dropped_total"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
+        aioka_e2e::metric_sum(
+            &aioka_e2e::metrics_text(&admin).await,
+            "aioka_trace_spans_dropped_total",
+        )
     };
     let wait_dropped = |above: f64| async move {
         let deadline = tokio::time::Instant::now() + PATIENCE;

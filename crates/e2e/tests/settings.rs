@@ -1,6 +1,6 @@
 //! Every documented setting starts: the real binaries, started once with every setting of
-//! `config/default.toml` set to a valid value other than its default (and once with only the
-//! values `scripts/up` sets), become ready and deliver an event. A setting added to
+//! `config/default.toml` set to a valid value other than its default (and once with the
+//! values `scripts/up` sets, plus the harness's own four), become ready and deliver an event. A setting added to
 //! `config/default.toml` or to the README's table without a value here fails the test, so no
 //! documented setting can again crash the binaries untested (the OTLP endpoint did).
 #![allow(clippy::unwrap_used)]
@@ -172,9 +172,11 @@ async fn the_binaries_start_ready_and_deliver_with_every_setting_changed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binaries_start_ready_and_deliver_with_the_values_scripts_up_sets() {
-    // scripts/up sets the database URL, a secret key, private targets allowed, the
-    // gateway's listen address and the demo CA as extra roots, and nothing else: the
-    // harness's own settings, alone.
+    // scripts/up sets the database URL, a secret key, private targets allowed, the listen
+    // addresses and the demo CA as extra roots. The harness sets those too, and four more
+    // of its own: the test's broker prefix and short retry schedule (isolation and speed),
+    // a pool of 8 connections and a rate limit of 1000/s (its defaults for every test); so
+    // this is scripts/up's values with those four, not strictly alone.
     let stack = Stack::start(&[]).await;
     delivers(&stack).await;
 }

@@ -290,20 +290,10 @@ async fn copies_of_a_retry_taken_by_two_delivery_processes_at_once_send_it_once(
         "attempt 2 was sent by more than one copy"
     );
     assert_eq!(logged["attempt_count"], 2);
-    let metrics = system
-        .client
-        .get(format!("{}/metrics", system.admins[2]))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let held: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("aioka_delivery_claims_held_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let held = aioka_e2e::metric_sum(
+        &aioka_e2e::metrics_text(&system.admins[2]).await,
+        "aioka_delivery_claims_held_total",
+    );
     assert!(
         held >= 1.0,
         "the fault did not land: no copy found the attempt held by another ({held})"
