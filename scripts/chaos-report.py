@@ -48,6 +48,16 @@ def row(argv):
     landed = bool(evidence) and not any(f.startswith("fault did not land") for f in fails)
     if not evidence:
         fails.append("no evidence that the fault landed")
+    # Unreached deliveries pass (the log ends them failed after transport failures only),
+    # but the row says how many, and how many webhooks ended disabled: many of either means
+    # the receiver was starved or stalled during the run.
+    if acc.get("unreached"):
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted((acc.get("unreached_errors") or {}).items()))
+        notes = (notes + " | " if notes else "") + (
+            f"unreached {acc['unreached']} (never seen by the receiver; the log ends them failed "
+            f"after transport failures: {kinds}; e.g. {', '.join(acc.get('unreached_sample') or [])})")
+    if "disabled_webhooks" in acc:
+        notes = (notes + " | " if notes else "") + f"webhooks disabled {acc['disabled_webhooks']} of {acc.get('webhooks', '?')}"
     print(json.dumps({
         "scenario": name,
         "accepted": int(acc.get("accepted", 0)),
@@ -57,6 +67,7 @@ def row(argv):
         "delivered": int(acc.get("delivered", 0)),
         "requests": int(acc.get("requests", 0)),
         "lost": int(acc.get("lost", 0)),
+        "unreached": int(acc.get("unreached", 0)),
         "unexpected": int(acc.get("unexpected", 0)),
         "duplicates": int(acc.get("duplicates", 0)),
         "forks": int(acc.get("forks", 0)),

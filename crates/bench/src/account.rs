@@ -7,7 +7,12 @@
 //!   delivery row, the receiver never saw it, and the webhook was disabled before the
 //!   event's fan-out ended; in both cases the webhook must be disabled now;
 //! * delivered = the distinct delivery ids the receiver saw, whatever it answered;
-//! * lost = expected − delivered, unexpected = delivered − (accepted × webhooks).
+//! * lost = expected − delivered − unreached, unexpected = delivered − (accepted × webhooks);
+//! * unreached = expected pairs the receiver never saw whose log ends them failed after
+//!   attempts that all failed in transport (no HTTP status: a timeout, a refused or reset
+//!   connection, a TLS failure): the platform tried and says so in the log; the receiver was
+//!   unreachable (on a starved box, a stalled receiver). Reported with its error kinds, not
+//!   a failure. Each lost pair is shown with what the log says of it.
 //!
 //! For every delivery it also checks the attempt numbers (1..=max, from the records and the
 //! log), that the log ended it (succeeded, failed, or skipped because disabled; never
@@ -73,6 +78,8 @@ pub struct Accounting {
     pub accepted: usize,
     pub duplicate_accepted: usize,
     pub webhooks: usize,
+    /// Webhooks inactive at the end of the run.
+    pub disabled_webhooks: usize,
     pub pairs: usize,
     pub skipped_disabled: usize,
     pub not_fanned_out_disabled: usize,
@@ -80,6 +87,10 @@ pub struct Accounting {
     pub delivered: usize,
     pub requests: usize,
     pub lost: Vec<String>,
+    /// Expected, never seen, and ended failed in the log after transport failures only.
+    pub unreached: Vec<String>,
+    /// The transport error kinds of the unreached deliveries' attempts, with their counts.
+    pub unreached_errors: BTreeMap<String, usize>,
     pub unexpected: Vec<String>,
     pub duplicates: usize,
     pub bad_signatures: usize,
@@ -112,6 +123,7 @@ impl Accounting {
             "accepted": self.accepted,
             "duplicate_accepted": self.duplicate_accepted,
             "webhooks": self.webhooks,
+            "disabled_webhooks": self.disabled_webhooks,
             "pairs": self.pairs,
             "skipped_disabled": self.skipped_disabled,
             "not_fanned_out_disabled": self.not_fanned_out_disabled,
@@ -120,6 +132,9 @@ impl Accounting {
             "requests": self.requests,
             "lost": self.lost.len(),
             "lost_sample": sample(&self.lost),
+            "unreached": self.unreached.len(),
+            "unreached_sample": sample(&self.unreached),
+            "unreached_errors": self.unreached_errors,
             "unexpected": self.unexpected.len(),
             "unexpected_sample": sample(&self.unexpected),
             "duplicates": self.duplicates,
@@ -158,6 +173,7 @@ pub fn account(input: &Input) -> Accounting {
     }
     out.accepted = events.len();
     out.webhooks = input.webhooks.len();
+    out.disabled_webhooks = input.webhooks.iter().filter(|w| !w.is_active).count();
     let hooks: HashMap<WebhookId, &WebhookAudit> =
         input.webhooks.iter().map(|w| (w.id, w)).collect();
     let name = |e: EventId, w: WebhookId| {
@@ -229,6 +245,10 @@ pub fn account(input: &Input) -> Accounting {
                     })
             })
     };
+    let mut tries: HashMap<DeliveryId, Vec<&AttemptAudit>> = HashMap::new();
+    for a in &input.attempts {
+        tries.entry(a.delivery).or_default().push(a);
+    }
     let mut lost = Vec::new();
     for (id, (e, w)) in &pairs {
         if skipped_disabled(id) {
@@ -240,7 +260,27 @@ pub fn account(input: &Input) -> Accounting {
             continue;
         }
         if !per_delivery.contains_key(id) {
-            lost.push(name(*e, *w));
+            let tried = tries.get(id).map(Vec::as_slice).unwrap_or_default();
+            let failed = log
+                .get(id)
+                .is_some_and(|d| d.status == DeliveryStatus::Failed);
+            if failed && !tried.is_empty() && tried.iter().all(|a| a.status_code.is_none()) {
+                for a in tried {
+                    let kind = a.error_kind.as_deref().unwrap_or("unknown");
+                    *out.unreached_errors.entry(kind.to_owned()).or_default() += 1;
+                }
+                out.unreached.push(format!(
+                    "{} failed after {} transport failure(s)",
+                    name(*e, *w),
+                    tried.len()
+                ));
+            } else {
+                lost.push(format!(
+                    "{} ({})",
+                    name(*e, *w),
+                    log_says(log.get(id), tried, hooks.get(w))
+                ));
+            }
         }
         match log.get(id) {
             None => out
@@ -350,6 +390,7 @@ pub fn account(input: &Input) -> Accounting {
     }
 
     lost.sort();
+    out.unreached.sort();
     unexpected.sort();
     out.unfinished.sort();
     out.forks.sort();
@@ -358,6 +399,47 @@ pub fn account(input: &Input) -> Accounting {
     out.lost = lost;
     out.unexpected = unexpected;
     out
+}
+
+/// What the log says of a delivery the receiver never saw: its row, its attempts (answer or
+/// error kind each), and its webhook's state.
+fn log_says(
+    row: Option<&&DeliveryAudit>,
+    tried: &[&AttemptAudit],
+    hook: Option<&&WebhookAudit>,
+) -> String {
+    let row = match row {
+        None => "no delivery row".to_owned(),
+        Some(d) => {
+            let answers: Vec<String> = tried
+                .iter()
+                .map(|a| match (a.status_code, a.error_kind.as_deref()) {
+                    (Some(code), _) => code.to_string(),
+                    (None, kind) => kind.unwrap_or("error").to_owned(),
+                })
+                .collect();
+            format!(
+                "log: {}, {} attempt(s) [{}]{}",
+                d.status.as_str(),
+                d.attempts,
+                answers.join(", "),
+                d.skip_reason
+                    .as_deref()
+                    .map(|r| format!(", skipped: {r}"))
+                    .unwrap_or_default()
+            )
+        }
+    };
+    let hook = match hook {
+        None => "webhook not found".to_owned(),
+        Some(h) if h.is_active => "webhook active".to_owned(),
+        Some(h) => format!(
+            "webhook disabled at {}",
+            h.disabled_at
+                .map_or_else(|| "?".to_owned(), |t| t.to_rfc3339())
+        ),
+    };
+    format!("{row}; {hook}")
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -513,6 +595,47 @@ mod tests {
         );
         assert_eq!(a.unexpected.len(), 1);
         assert!(!a.ok());
+    }
+
+    #[test]
+    fn a_failure_the_receiver_never_saw_is_unreached_only_when_no_attempt_got_an_answer() {
+        // The first pair's record is gone, and the log ends it failed after four attempts.
+        let mut input = clean();
+        input.records.remove(0);
+        let (id, hook) = (input.deliveries[0].id, input.deliveries[0].webhook);
+        input.deliveries[0].status = DeliveryStatus::Failed;
+        input.deliveries[0].attempts = 4;
+        input.attempts.retain(|a| a.delivery != id);
+        for n in 1..=4 {
+            let mut a = attempt(id, hook, n, i64::from(n), 0);
+            a.status_code = None;
+            a.error_kind = Some(if n == 1 { "connect" } else { "timeout" }.to_owned());
+            input.attempts.push(a);
+        }
+        // Every attempt failed in transport: tried, logged, never reached.
+        let a = account(&input);
+        assert!(a.lost.is_empty(), "{}", a.to_json());
+        assert_eq!(a.unreached.len(), 1, "{}", a.to_json());
+        assert_eq!(a.unreached_errors.get("timeout"), Some(&3));
+        assert_eq!(a.unreached_errors.get("connect"), Some(&1));
+        // One attempt the log says was answered 500, which no receiver answered: lost, and
+        // the sample says what the log claims.
+        let last = input.attempts.len() - 1;
+        input.attempts[last].status_code = Some(500);
+        input.attempts[last].error_kind = None;
+        let a = account(&input);
+        assert!(a.unreached.is_empty(), "{}", a.to_json());
+        assert_eq!(a.lost.len(), 1, "{}", a.to_json());
+        assert!(
+            a.lost[0].contains("log: failed, 4 attempt(s) [connect, timeout, timeout, 500]"),
+            "{}",
+            a.lost[0]
+        );
+        // A pending delivery is never unreached, whatever its attempts.
+        input.attempts[last].status_code = None;
+        input.deliveries[0].status = DeliveryStatus::Pending;
+        let a = account(&input);
+        assert_eq!((a.lost.len(), a.unreached.len()), (1, 0), "{}", a.to_json());
     }
 
     #[test]
