@@ -287,7 +287,16 @@ pub fn account(input: &Input) -> Accounting {
                 .unfinished
                 .push(format!("{} no delivery row", name(*e, *w))),
             Some(d) if d.status == DeliveryStatus::Pending => {
-                out.unfinished.push(format!("{} pending", name(*e, *w)));
+                let tried = tries.get(id).map(Vec::as_slice).unwrap_or_default();
+                let seen = per_delivery
+                    .get(id)
+                    .map(|c| format!("{:?}", c.keys().collect::<Vec<_>>()))
+                    .unwrap_or_else(|| "none".to_owned());
+                out.unfinished.push(format!(
+                    "{} pending ({}; receiver saw attempts {seen})",
+                    name(*e, *w),
+                    log_says(log.get(id), tried, hooks.get(w))
+                ));
             }
             Some(d) if d.status == DeliveryStatus::Skipped => out.unfinished.push(format!(
                 "{} skipped ({}) but its webhook is active",

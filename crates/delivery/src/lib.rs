@@ -14,6 +14,7 @@ mod cache;
 pub mod client;
 mod recorder;
 pub mod settings;
+mod sweeper;
 mod tls_sessions;
 mod worker;
 
@@ -74,6 +75,20 @@ pub async fn run(
         std::time::Duration::from_secs(5),
         background.clone(),
     ));
+    tokio::spawn(
+        sweeper::Sweeper {
+            store: store.clone(),
+            publisher: aioka_queue::SharedPublisher::new(
+                &settings.amqp.nodes(),
+                &topology.connection_name("aioka-delivery-sweeper"),
+                topology.clone(),
+            ),
+            task_key: task_key.clone(),
+            after: d.retry_sweep_after,
+            interval: d.retry_sweep_interval,
+        }
+        .run(background.clone()),
+    );
     let worker = Arc::new(worker::Worker {
         amqp_url: settings.amqp.nodes(),
         shards: settings.shards()?,

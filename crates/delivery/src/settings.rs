@@ -44,6 +44,12 @@ pub struct DeliverySettings {
     pub record_flush_interval: Duration,
     #[serde(deserialize_with = "duration")]
     pub cache_ttl: Duration,
+    /// A pending delivery whose next attempt is overdue by this much is published again.
+    #[serde(deserialize_with = "duration")]
+    pub retry_sweep_after: Duration,
+    /// How often each process looks for such deliveries.
+    #[serde(deserialize_with = "duration")]
+    pub retry_sweep_interval: Duration,
     /// The delivery shards this process consumes: `all`, or numbers and ranges (`0-3,6`).
     #[serde(default = "all_shards")]
     pub shards: String,
@@ -145,6 +151,15 @@ impl Settings {
             .map_err(|e| SettingsError::invalid("database", e.key, e.problem))?;
         if d.timeout.is_zero() {
             return invalid("timeout", "must be more than 0");
+        }
+        if d.retry_sweep_interval.is_zero() {
+            return invalid("retry_sweep_interval", "must be more than 0");
+        }
+        if d.retry_sweep_after < d.connect_timeout + d.timeout {
+            return invalid(
+                "retry_sweep_after",
+                "must be at least delivery.connect_timeout + delivery.timeout (an attempt still being sent is not overdue)",
+            );
         }
         if d.connect_timeout.is_zero() || d.connect_timeout > d.timeout {
             return invalid(

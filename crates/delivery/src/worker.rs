@@ -55,7 +55,7 @@ pub(crate) struct Worker {
 }
 
 /// Marks a task put off through the defer queue after it had been redelivered.
-const REDELIVERED_HEADER: &str = "x-aioka-redelivered";
+pub(crate) const REDELIVERED_HEADER: &str = "x-aioka-redelivered";
 
 /// How one message ended.
 enum Done {

@@ -65,6 +65,8 @@ fn values(ca: &TestCa, broker_url: &str) -> Vec<(&'static str, String)> {
         ("delivery.record_flush_interval", "20ms".into()),
         ("delivery.record_writers", "2".into()),
         ("delivery.cache_ttl", "30s".into()),
+        ("delivery.retry_sweep_after", "2m".into()),
+        ("delivery.retry_sweep_interval", "5s".into()),
         ("delivery.shards", "0-1".into()),
         ("telemetry.log_format", "text".into()),
         ("telemetry.log_filter", "info,aioka_delivery=debug".into()),

@@ -207,6 +207,24 @@ pub struct Resend {
     pub previous: DeliveryStatus,
 }
 
+/// A pending delivery whose next attempt is overdue, as [`Store::take_overdue_retries`]
+/// returns it: everything its task needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverdueRetry {
+    pub delivery_id: DeliveryId,
+    pub event_id: EventId,
+    pub webhook_id: WebhookId,
+    pub event_type: EventType,
+    pub body: String,
+    /// The attempt it waits for: attempts made + 1.
+    pub attempt: u32,
+    /// The attempt that began its series (1, or a re-send's first attempt).
+    pub series_start: u32,
+    pub test: bool,
+    /// When that attempt was due.
+    pub due: DateTime<Utc>,
+}
+
 /// Why a re-send was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ResendError {
@@ -650,7 +668,7 @@ impl Store {
         let key: DateTime<Utc> = row.try_get(6)?;
         tx.execute(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = now(), skip_reason = NULL,
-                                   claimed_attempt = NULL,
+                                   claimed_attempt = NULL, series_start = attempts + 1,
                                    updated_at = now()
              WHERE id = $1 AND event_received_at = $2",
             &[&delivery.as_uuid(), &key],
@@ -667,6 +685,68 @@ impl Store {
             test: row.try_get(7)?,
             previous: status,
         })
+    }
+
+    /// Takes up to `limit` pending deliveries whose next attempt was due more than `after`
+    /// ago, oldest first, and moves their due time to now: the caller publishes each attempt
+    /// again. An attempt is taken once, and again only when it is still missing `10 × after`
+    /// later, so a backlog that holds retries late adds one copy each, not one per sweep.
+    /// Rows another sweeper holds are skipped, so concurrent delivery processes take disjoint
+    /// sets. A delivery whose event is gone is not returned.
+    #[tracing::instrument(skip_all, fields(limit))]
+    pub async fn take_overdue_retries(
+        &self,
+        after: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<OverdueRetry>, StoreError> {
+        let client = self.pool.get().await?;
+        let after_ms = i64::try_from(after.as_millis()).unwrap_or(i64::MAX);
+        let rows = client
+            .query(
+                "WITH due AS (
+                     SELECT id, event_received_at, next_attempt_at FROM deliveries
+                     WHERE status = 'pending'
+                       AND next_attempt_at < now() - make_interval(secs => $1::bigint / 1000.0)
+                       AND (swept_attempt IS NULL OR swept_attempt <= attempts
+                            OR next_attempt_at
+                               < now() - make_interval(secs => $1::bigint * 10 / 1000.0))
+                     ORDER BY next_attempt_at
+                     LIMIT $2
+                     FOR UPDATE SKIP LOCKED),
+                 moved AS (
+                     UPDATE deliveries d SET next_attempt_at = now(),
+                                             swept_attempt = d.attempts + 1
+                     FROM due
+                     WHERE d.id = due.id AND d.event_received_at = due.event_received_at
+                     RETURNING d.id, d.event_id, d.webhook_id, d.attempts,
+                               COALESCE(d.series_start, 1) AS series_start, due.next_attempt_at)
+                 SELECT m.id, m.event_id, m.webhook_id, e.event_type, e.body, m.attempts,
+                        m.series_start, e.source = 'test', m.next_attempt_at
+                 FROM moved m JOIN events e ON e.id = m.event_id
+                 ORDER BY m.next_attempt_at",
+                &[&after_ms, &i64::from(limit)],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let event_type: String = r.try_get(3)?;
+                let attempts: i32 = r.try_get(5)?;
+                let series_start: i32 = r.try_get(6)?;
+                Ok(OverdueRetry {
+                    delivery_id: DeliveryId::from_uuid(r.try_get(0)?),
+                    event_id: EventId::from_uuid(r.try_get(1)?),
+                    webhook_id: WebhookId::from_uuid(r.try_get(2)?),
+                    event_type: event_type
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("event type {event_type}")))?,
+                    body: r.try_get(4)?,
+                    attempt: u32::try_from(attempts).unwrap_or(0) + 1,
+                    series_start: u32::try_from(series_start).unwrap_or(1).max(1),
+                    test: r.try_get::<_, Option<bool>>(7)?.unwrap_or(false),
+                    due: r.try_get(8)?,
+                })
+            })
+            .collect()
     }
 
     /// Undoes [`Store::claim_resend`] when the task could not be published.

@@ -299,3 +299,64 @@ async fn copies_of_a_retry_taken_by_two_delivery_processes_at_once_send_it_once(
         "the fault did not land: no copy found the attempt held by another ({held})"
     );
 }
+
+#[tokio::test]
+async fn a_retry_the_broker_never_hands_back_is_published_again_by_the_sweep_and_sent_once() {
+    let system = System::start_with(aioka_e2e::Options {
+        schedule: "3s",
+        delivery_env: vec![
+            // Past connect_timeout + timeout (2 s + 3 s), the least it may be.
+            ("AIOKA__DELIVERY__RETRY_SWEEP_AFTER", "5s".into()),
+            ("AIOKA__DELIVERY__RETRY_SWEEP_INTERVAL", "200ms".into()),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let (receiver, customer, producer, webhook, _) = system.subscriber(&["verdict.new"]).await;
+    receiver.respond_with(500);
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    wait_for_attempt(&receiver, 1).await;
+
+    // The fault: attempt 2 waits its 3 s in the tier's wait queue, and is dropped there, as a
+    // dead-lettering cut off by a node fault drops it.
+    let queue = system.broker.topology().retry_queue(
+        aioka_core::retry::RetrySchedule::new(vec![std::time::Duration::from_secs(3)])
+            .unwrap()
+            .tiers()[0],
+    );
+    let connection = system.broker.connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let purged = loop {
+        let n = channel
+            .queue_purge(queue.as_str().into(), Default::default())
+            .await
+            .unwrap();
+        if n > 0 {
+            break n;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "attempt 2 never reached {queue}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(purged, 1, "the fault landed on one retry in {queue}");
+    receiver.respond_with(200);
+
+    // Due 3 s after attempt 1, overdue 5 s later: the sweep publishes it again.
+    let logged = system
+        .wait_for_delivery(&customer, &webhook, |d| d["status"] == "succeeded")
+        .await;
+    assert_eq!(logged["attempt_count"], 2);
+    let seen = attempts_seen(&receiver);
+    assert_eq!(seen, BTreeMap::from([(1, 1), (2, 1)]), "{seen:?}");
+    let delivery_admin = system.admins.last().unwrap();
+    let swept = aioka_e2e::metric_sum(
+        &aioka_e2e::metrics_text(delivery_admin).await,
+        "aioka_delivery_retries_swept_total",
+    );
+    assert_eq!(swept, 1.0);
+}

@@ -285,3 +285,88 @@ async fn of_many_copies_claiming_an_attempt_at_once_exactly_one_gets_it_until_it
         .unwrap();
     assert_eq!(after_skip.outcome, ClaimOutcome::Made);
 }
+
+#[tokio::test]
+async fn an_overdue_retry_is_taken_once_per_sweep_period_and_by_one_sweeper() {
+    let f = Fixture::new().await;
+    let after = std::time::Duration::from_secs(30);
+    // Three deliveries failed attempt 1: one retry due 2 minutes ago, one due 10 s ago (not
+    // overdue enough), one due 5 minutes ago that then succeeded on attempt 2.
+    let mut records = Vec::new();
+    for due_in in [-120, -10, -300] {
+        let mut r = f.attempt(0, Outcome::Failure).await;
+        if let RecordKind::Attempt { next_retry_at, .. } = &mut r.kind {
+            *next_retry_at = Some(Utc::now() + Duration::seconds(due_in));
+        }
+        records.push(r);
+    }
+    f.store().record_batch(&records, RULE).await.unwrap();
+    let success = AttemptRecord {
+        attempt: 2,
+        at: Utc::now(),
+        kind: RecordKind::Attempt {
+            outcome: Outcome::Success,
+            status_code: Some(200),
+            error_kind: None,
+            latency_ms: 1,
+            snippet: None,
+            next_retry_at: None,
+        },
+        ..records[2].clone()
+    };
+    f.store()
+        .record_batch(std::slice::from_ref(&success), RULE)
+        .await
+        .unwrap();
+
+    // Two sweepers at once: only the overdue pending one, to exactly one of them, as attempt 2
+    // of a series that began at 1, with its event's body and type.
+    let (a, b) = tokio::join!(
+        f.store().take_overdue_retries(after, 100),
+        f.store().take_overdue_retries(after, 100)
+    );
+    let mut taken: Vec<_> = a.unwrap();
+    taken.extend(b.unwrap());
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let t = &taken[0];
+    assert_eq!(t.delivery_id, records[0].delivery_id);
+    assert_eq!((t.attempt, t.series_start), (2, 1));
+    assert_eq!(
+        (t.event_type, t.body.as_str(), t.test),
+        (EventType::VerdictNew, "{}", true)
+    );
+    // Taken means due now: the next sweep within `after` leaves it alone.
+    assert!(
+        f.store()
+            .take_overdue_retries(after, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Its attempt was taken once: past `after` again it is left alone (a backlog may hold the
+    // copy), and only past ten times `after` is it taken a second time.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let ids =
+        |v: Vec<aioka_store::OverdueRetry>| v.iter().map(|r| r.delivery_id).collect::<Vec<_>>();
+    let once = ids(f
+        .store()
+        .take_overdue_retries(std::time::Duration::from_millis(200), 100)
+        .await
+        .unwrap());
+    assert!(!once.contains(&records[0].delivery_id), "{once:?}");
+    assert!(
+        once.contains(&records[1].delivery_id),
+        "now overdue: {once:?}"
+    );
+    assert!(!once.contains(&records[2].delivery_id), "{once:?}");
+    let twice = ids(f
+        .store()
+        .take_overdue_retries(std::time::Duration::from_millis(100), 100)
+        .await
+        .unwrap());
+    assert_eq!(
+        twice,
+        vec![records[0].delivery_id],
+        "past 10 × after, taken again"
+    );
+}

@@ -1,0 +1,111 @@
+//! The retry sweeper: a retry the broker never hands back is published again.
+//!
+//! A retry waits in its tier's TTL queue and dead-letters back to its shard. RabbitMQ's
+//! at-least-once dead-lettering can still strand or drop a message when the wait queue's
+//! leader moves (the cluster chaos rows showed a delivery left pending after attempt 1 whose
+//! attempt 2 never arrived). The database knows every delivery that waits for an attempt
+//! (`status = 'pending'`, `next_attempt_at`), so every delivery process sweeps, now and then,
+//! for deliveries whose next attempt is overdue by `delivery.retry_sweep_after`, and publishes
+//! that attempt again to its shard. The copy is marked redelivered, so it is claimed before it
+//! is sent like any retry (`Store::claim_attempt`): if the original turns up after all, only
+//! one of the two is ever sent. Sweepers of several processes take disjoint rows.
+
+use std::time::Duration;
+
+use aioka_core::TaskKey;
+use aioka_core::messages::{DeliveryTask, Task};
+use aioka_queue::lapin::types::{AMQPValue, FieldTable};
+use aioka_queue::{SharedPublisher, inject_trace_context, persistent_json};
+use aioka_store::{OverdueRetry, Store};
+use tokio_util::sync::CancellationToken;
+
+use crate::worker::REDELIVERED_HEADER;
+
+/// Deliveries taken per sweep at most: a broker that lost many retries is caught up over a
+/// few sweeps, never with one burst of publishes.
+const SWEEP_LIMIT: u32 = 500;
+
+pub(crate) struct Sweeper {
+    pub store: Store,
+    pub publisher: SharedPublisher,
+    pub task_key: TaskKey,
+    /// How overdue an attempt must be before it is published again.
+    pub after: Duration,
+    pub interval: Duration,
+}
+
+impl Sweeper {
+    /// Sweeps every `interval` until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+            match self.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(
+                    count = n,
+                    overdue_by_more_than = ?self.after,
+                    "retries the broker did not hand back were published again"
+                ),
+                Err(e) => tracing::debug!(error = %e, "retry sweep failed; next one later"),
+            }
+        }
+    }
+
+    /// One sweep: how many attempts were published again.
+    pub async fn sweep(&self) -> anyhow::Result<usize> {
+        let overdue = self
+            .store
+            .take_overdue_retries(self.after, SWEEP_LIMIT)
+            .await?;
+        let mut published = 0;
+        for retry in overdue {
+            // A publish that fails leaves the row due again after `after`: the next sweep
+            // past that takes it again.
+            let (exchange, key, body, props) = self.message(&retry);
+            match self.publisher.publish(&exchange, &key, &body, props).await {
+                Ok(()) => {
+                    tracing::info!(
+                        delivery_id = %retry.delivery_id,
+                        webhook_id = %retry.webhook_id,
+                        attempt = retry.attempt,
+                        due = %retry.due,
+                        "overdue attempt published again"
+                    );
+                    metrics::counter!("aioka_delivery_retries_swept_total").increment(1);
+                    published += 1;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not publish an overdue attempt");
+                    break;
+                }
+            }
+        }
+        Ok(published)
+    }
+
+    fn message(
+        &self,
+        retry: &OverdueRetry,
+    ) -> (String, String, Vec<u8>, aioka_queue::lapin::BasicProperties) {
+        let task = DeliveryTask {
+            delivery_id: retry.delivery_id,
+            event_id: retry.event_id,
+            webhook_id: retry.webhook_id,
+            event_type: retry.event_type,
+            body: retry.body.clone(),
+            attempt: retry.attempt,
+            series_start: retry.series_start,
+            auth: None,
+            test: retry.test,
+        }
+        .authenticated(&self.task_key);
+        let mut headers: FieldTable = inject_trace_context();
+        headers.insert(REDELIVERED_HEADER.into(), AMQPValue::LongString("1".into()));
+        let props = persistent_json(Some(&task.delivery_id.to_string()), headers);
+        let (exchange, key) = self.publisher.topology().task_route(task.webhook_id);
+        (exchange, key, Task::V1(task).to_bytes(), props)
+    }
+}
