@@ -17,10 +17,15 @@ pub struct SeedArgs {
     /// Webhooks to create.
     #[arg(long)]
     count: usize,
-    /// Base of the URLs: webhook i gets `<base>/<i>`.
+    /// Base of the URLs: webhook i gets `<base>/<start + i>`.
     #[arg(long)]
     url_base: String,
-    /// The signing secret every webhook shares.
+    /// The first endpoint number: seeding in steps keeps every URL, and so every secret,
+    /// distinct.
+    #[arg(long, default_value_t = 0)]
+    start: u64,
+    /// The master secret: endpoint n signs with `endpoint_secret(master, n)`, its own, which
+    /// the receiver derives the same way.
     #[arg(long)]
     secret: String,
     #[arg(long, default_value = "verdict.new")]
@@ -43,9 +48,10 @@ pub async fn seed(args: SeedArgs) -> anyhow::Result<()> {
     let key = EncryptionKey::from_base64(&args.secret_key)?;
     let secret = WebhookSecret::from_exposed(args.secret.clone()).context("--secret")?;
     let event: EventType = args.event.parse()?;
-    let webhooks: Vec<SeedWebhook> = (0..args.count)
-        .map(|i| SeedWebhook {
-            url: format!("{}/{i}", args.url_base.trim_end_matches('/')),
+    let webhooks: Vec<SeedWebhook> = (args.start..args.start + args.count as u64)
+        .map(|n| SeedWebhook {
+            url: format!("{}/{n}", args.url_base.trim_end_matches('/')),
+            secret: Some(crate::secrets::endpoint_secret(&secret, n)),
         })
         .collect();
     let ids = store
@@ -184,43 +190,86 @@ pub struct BurstArgs {
     database_url: Option<String>,
     #[arg(long, default_value = "burst")]
     label: String,
+    /// The event type published (its subscribers are the webhooks of the case).
+    #[arg(long, default_value = "verdict.new")]
+    event: String,
+    /// Events published at once (each to every subscriber).
+    #[arg(long, default_value_t = 1)]
+    events: usize,
+    /// Every endpoint answers 2xx: the run fails if any delivery is left pending.
+    #[arg(long)]
+    healthy: bool,
 }
 
 pub async fn burst(args: BurstArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     reset(&client, &args.stats).await?;
+    let event_type: EventType = args.event.parse()?;
     let sent_ms = now_ms();
-    let event = publish(
-        &client,
-        &args.gateway,
-        &args.producer_key,
-        EventType::VerdictNew,
+    // Several events go out at once (many events to few webhooks): the clock starts at the
+    // first 202.
+    let published = futures_util::future::join_all(
+        (0..args.events.max(1))
+            .map(|_| publish(&client, &args.gateway, &args.producer_key, event_type)),
     )
-    .await?;
+    .await;
+    let events = published
+        .into_iter()
+        .collect::<anyhow::Result<Vec<String>>>()?;
     let accepted_ms = now_ms();
     let s = wait_for(&client, &args.stats, args.expect, Duration::from_secs(30)).await?;
     let distinct = s["distinct"].as_u64().unwrap_or(0);
     let last_ms = s["last_ms"].as_u64().unwrap_or(accepted_ms);
-    let seconds = (last_ms.saturating_sub(accepted_ms)) as f64 / 1000.0;
-    // Records keep pace: how long after the last arrival the log shows every success.
+    let first_ms = s["first_ms"].as_u64().unwrap_or(accepted_ms);
+    let from = if args.events > 1 {
+        first_ms.min(accepted_ms)
+    } else {
+        accepted_ms
+    };
+    let seconds = (last_ms.saturating_sub(from)) as f64 / 1000.0;
+    // Records keep pace: how long after the last arrival the log shows every success. One
+    // that never catches up (60 s) is reported as such and fails the target.
     let mut records_lag = Value::Null;
+    let mut pending = Value::Null;
+    let mut problems = Vec::new();
     if let Some(url) = &args.database_url {
         let store = store(url)?;
-        let id: EventId = event.parse().context("event id")?;
+        let ids: Vec<EventId> = events
+            .iter()
+            .map(|e| e.parse().context("event id"))
+            .collect::<anyhow::Result<_>>()?;
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut left = 0;
         while Instant::now() < deadline {
-            let (_, succeeded) = store.event_delivery_counts(id).await?;
+            let (mut succeeded, mut waiting) = (0, 0);
+            for id in &ids {
+                let (_, s, p) = store.event_delivery_counts(*id).await?;
+                succeeded += s;
+                waiting += p;
+            }
+            left = waiting;
             if succeeded as u64 >= distinct {
                 records_lag = json!(now_ms().saturating_sub(last_ms) as f64 / 1000.0);
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if records_lag.is_null() {
+            problems
+                .push("the attempt records never caught up with the arrivals (60 s)".to_owned());
+        }
+        pending = json!(left);
+        if args.healthy && left > 0 {
+            problems.push(format!(
+                "{left} deliveries left pending by a run of healthy endpoints"
+            ));
+        }
     }
     println!(
         "{}",
         json!({
             "label": args.label,
+            "events": events.len(),
             "expected": args.expect,
             "delivered": distinct,
             "lost": args.expect.saturating_sub(distinct),
@@ -230,10 +279,16 @@ pub async fn burst(args: BurstArgs) -> anyhow::Result<()> {
             "seconds": seconds,
             "per_second": if seconds > 0.0 { distinct as f64 / seconds } else { 0.0 },
             "records_lag_seconds": records_lag,
+            "records_never_caught_up": records_lag.is_null() && args.database_url.is_some(),
+            "pending": pending,
             "latency_ms": s["latency_ms"],
         })
     );
-    check(&s, distinct, args.expect)
+    check(&s, distinct, args.expect)?;
+    if !problems.is_empty() {
+        bail!("{}", problems.join("; "));
+    }
+    Ok(())
 }
 
 /// A run that lost a delivery or received a bad signature is a failed run.
@@ -269,6 +324,10 @@ pub struct SustainedArgs {
     amqp_url: String,
     #[arg(long)]
     queue: String,
+    /// The delivery service's /metrics: its `aioka_delivery_in_flight` (tasks taken but not
+    /// acknowledged) is added to the queue's ready messages, so the backlog counts both.
+    #[arg(long)]
+    delivery_metrics: Option<String>,
     /// The event type published (its subscribers are the M).
     #[arg(long, default_value = "council.new")]
     event: String,
@@ -282,6 +341,7 @@ pub async fn sustained(args: SustainedArgs) -> anyhow::Result<()> {
     let backlog = tokio::spawn(deepest_backlog(
         args.amqp_url.clone(),
         args.queue.clone(),
+        args.delivery_metrics.clone(),
         Duration::from_secs(args.seconds + 60),
     ));
     let event: EventType = args.event.parse()?;
@@ -326,12 +386,27 @@ pub async fn sustained(args: SustainedArgs) -> anyhow::Result<()> {
     check(&s, distinct, expect)
 }
 
+/// `aioka_delivery_in_flight` from a /metrics page; 0 when it cannot be read.
+async fn in_flight(http: &reqwest::Client, url: &str) -> u32 {
+    let Ok(response) = http.get(url).timeout(Duration::from_secs(1)).send().await else {
+        return 0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("aioka_delivery_in_flight"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u32
+}
+
 static DEEPEST: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-async fn deepest_backlog(url: String, queue: String, limit: Duration) {
+/// The deepest backlog seen: ready messages of `queue` plus, with `metrics`, the delivery
+/// service's tasks in flight (delivered to it, not yet acknowledged).
+async fn deepest_backlog(url: String, queue: String, metrics: Option<String>, limit: Duration) {
     let Ok(connection) = aioka_queue::connect(&url, "aioka-bench").await else {
         return;
     };
+    let http = reqwest::Client::new();
     let Ok(channel) = connection.create_channel().await else {
         return;
     };
@@ -345,7 +420,14 @@ async fn deepest_backlog(url: String, queue: String, limit: Duration) {
             .queue_declare(queue.as_str().into(), passive, Default::default())
             .await
         {
-            DEEPEST.fetch_max(q.message_count(), std::sync::atomic::Ordering::Relaxed);
+            let unacked = match &metrics {
+                Some(m) => in_flight(&http, m).await,
+                None => 0,
+            };
+            DEEPEST.fetch_max(
+                q.message_count() + unacked,
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

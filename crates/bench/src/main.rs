@@ -23,6 +23,7 @@ mod faults;
 mod load;
 mod receiver;
 mod resources;
+mod secrets;
 
 use clap::{Parser, Subcommand};
 

@@ -43,9 +43,15 @@ pub struct Args {
     /// trust its ca.pem.
     #[arg(long)]
     ca_dir: PathBuf,
-    /// The secret every seeded webhook shares.
+    /// The master secret of the seeding: a delivery to `/hook/{n}` must be signed with
+    /// endpoint n's own secret (`secrets::endpoint_secret`), or it is answered 401 and counted
+    /// as a bad signature.
     #[arg(long)]
     secret: String,
+    /// First contact: issue no TLS session tickets and keep no session cache, so every new
+    /// connection pays a full handshake (with `--close`, every delivery).
+    #[arg(long)]
+    no_resumption: bool,
     /// Close every connection after one response (cold runs: a fresh TCP and TLS handshake
     /// for each delivery).
     #[arg(long)]
@@ -171,7 +177,10 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
     Ok(params)
 }
 
-async fn tls(ca_dir: &std::path::Path) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
+async fn tls(
+    ca_dir: &std::path::Path,
+    resumption: bool,
+) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
     std::fs::create_dir_all(ca_dir)?;
     let key_path = ca_dir.join("ca.key");
     let ca_key = if key_path.is_file() {
@@ -195,10 +204,16 @@ async fn tls(ca_dir: &std::path::Path) -> anyhow::Result<axum_server::tls_rustls
     .with_safe_default_protocol_versions()?
     .with_no_client_auth()
     .with_single_cert(vec![leaf.der().clone()], key)?;
-    // Like common servers (nginx, Envoy, CDNs), issue TLS 1.3 session tickets, so a client
-    // that comes back can resume instead of a full handshake.
-    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
-    config.session_storage = rustls::server::ServerSessionMemoryCache::new(100_000);
+    if resumption {
+        // Like common servers (nginx, Envoy, CDNs), issue TLS 1.3 session tickets, so a client
+        // that comes back can resume instead of a full handshake.
+        config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+        config.session_storage = rustls::server::ServerSessionMemoryCache::new(100_000);
+    } else {
+        // A host seen for the first time: nothing to resume from.
+        config.send_tls13_tickets = 0;
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    }
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(axum_server::tls_rustls::RustlsConfig::from_config(
         Arc::new(config),
@@ -219,7 +234,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         seen: Mutex::new(fresh_seen()),
         records: Mutex::new(Vec::new()),
     });
-    let config = tls(&args.ca_dir).await?;
+    let config = tls(&args.ca_dir, !args.no_resumption).await?;
     let hooks = Router::new()
         .route("/hook/{n}", post(receive))
         .with_state(shared.clone());
@@ -275,7 +290,11 @@ async fn receive(
         .get("x-aioka-signature")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if !verify_aioka_signature(&shared.secret, &body, signature) {
+    if !verify_aioka_signature(
+        &crate::secrets::endpoint_secret(&shared.secret, n),
+        &body,
+        signature,
+    ) {
         c.bad_signatures.fetch_add(1, Ordering::Relaxed);
         return StatusCode::UNAUTHORIZED.into_response();
     }
@@ -337,7 +356,11 @@ async fn receive_mix(shared: &Shared, n: u64, headers: &HeaderMap, body: &[u8]) 
         .parse::<u32>()
         .unwrap_or(0);
     let signature = header_text(headers, "x-aioka-signature");
-    let bad_signature = !verify_aioka_signature(&shared.secret, body, signature);
+    let bad_signature = !verify_aioka_signature(
+        &crate::secrets::endpoint_secret(&shared.secret, n),
+        body,
+        signature,
+    );
     let behaviour = Behaviour::of(n);
     let status = if bad_signature {
         c.bad_signatures.fetch_add(1, Ordering::Relaxed);

@@ -14,11 +14,13 @@ use crate::{Store, StoreError};
 #[derive(Debug, Clone)]
 pub struct SeedWebhook {
     pub url: String,
+    /// Its own signing secret; `None`: the `secret` given to [`Store::seed_webhooks`].
+    pub secret: Option<WebhookSecret>,
 }
 
 impl Store {
-    /// Creates `webhooks.len()` webhooks subscribed to `events`, all with the same signing
-    /// `secret`, spread over Basic keys of `per_key` webhooks each, in batches of 5 000.
+    /// Creates `webhooks.len()` webhooks subscribed to `events`, each signing with its own
+    /// secret or else with `secret`, spread over Basic keys of `per_key` webhooks each, in batches of 5 000.
     /// Returns the webhook ids in the order given.
     #[tracing::instrument(skip_all, fields(count = webhooks.len()))]
     pub async fn seed_webhooks(
@@ -55,7 +57,13 @@ impl Store {
             let urls: Vec<&str> = batch.iter().map(|w| w.url.as_str()).collect();
             let sealed: Vec<Vec<u8>> = hook_ids
                 .iter()
-                .map(|w| key.seal_secret(secret, w.as_uuid().as_bytes()))
+                .zip(batch)
+                .map(|(w, seed)| {
+                    key.seal_secret(
+                        seed.secret.as_ref().unwrap_or(secret),
+                        w.as_uuid().as_bytes(),
+                    )
+                })
                 .collect();
             tx.execute(
                 "INSERT INTO webhooks (id, api_key_id, url, events, secret_sealed)
@@ -70,22 +78,24 @@ impl Store {
         Ok(ids)
     }
 
-    /// How many attempts have been recorded for `event`'s deliveries, and how many of those
-    /// deliveries succeeded (benchmarks check that records keep pace).
+    /// Of `event`'s deliveries: how many have an attempt recorded, how many succeeded, and
+    /// how many are still pending (benchmarks check that records keep pace and that a healthy
+    /// run leaves nothing pending).
     pub async fn event_delivery_counts(
         &self,
         event: aioka_core::EventId,
-    ) -> Result<(i64, i64), StoreError> {
+    ) -> Result<(i64, i64, i64), StoreError> {
         let client = self.pool.get().await?;
         let row = client
             .query_one(
-                "SELECT count(*) FILTER (WHERE attempts > 0), count(*) FILTER (WHERE status = 'succeeded')
+                "SELECT count(*) FILTER (WHERE attempts > 0), count(*) FILTER (WHERE status = 'succeeded'),
+                        count(*) FILTER (WHERE status = 'pending')
                  FROM deliveries
                  WHERE event_id = $1
                    AND event_received_at = (SELECT received_at FROM events WHERE id = $1)",
                 &[&event.as_uuid()],
             )
             .await?;
-        Ok((row.try_get(0)?, row.try_get(1)?))
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
     }
 }

@@ -48,6 +48,7 @@ async fn webhook(db: &TestDb) -> (WebhookId, ApiKeyId) {
         .seed_webhooks(
             &[SeedWebhook {
                 url: "https://example.test/hook".into(),
+                secret: None,
             }],
             &[EventType::VerdictNew],
             &WebhookSecret::generate(),

@@ -24,6 +24,7 @@ impl Fixture {
             .seed_webhooks(
                 &[SeedWebhook {
                     url: "https://example.test/hook".into(),
+                    secret: None,
                 }],
                 &[EventType::VerdictNew],
                 &WebhookSecret::generate(),
