@@ -494,8 +494,8 @@ impl Worker {
     async fn take_slot(&self, webhook: WebhookId) -> Option<Slot<'_>> {
         let deadline = tokio::time::Instant::now() + SLOT_WAIT;
         let max_waiting = usize::from(self.max_in_flight) / 2;
-        let per_hook_waiting = (usize::from(self.max_in_flight) / 4)
-            .max(usize::from(self.per_webhook_cap) * 2);
+        let per_hook_waiting =
+            (usize::from(self.max_in_flight) / 4).max(usize::from(self.per_webhook_cap) * 2);
         let mut registered = false;
         loop {
             let freed = {
