@@ -14,6 +14,7 @@ mod cache;
 pub mod client;
 mod recorder;
 pub mod settings;
+mod slots;
 mod sweeper;
 mod tls_sessions;
 mod worker;
@@ -96,9 +97,11 @@ pub async fn run(
         schedule,
         max_in_flight: d.max_in_flight,
         grace: d.shutdown_grace,
-        per_webhook: Default::default(),
-        per_webhook_cap: d.max_in_flight_per_webhook,
-        in_flight: metrics::gauge!("aioka_delivery_in_flight"),
+        slots: slots::Slots::new(
+            d.max_in_flight,
+            d.max_in_flight_per_webhook,
+            metrics::gauge!("aioka_delivery_in_flight"),
+        ),
         cache,
         sender: client::Sender::new(&d, settings.security.allow_private_targets)?,
         recorder,

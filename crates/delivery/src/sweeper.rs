@@ -16,7 +16,7 @@ use aioka_core::TaskKey;
 use aioka_core::messages::{DeliveryTask, Task};
 use aioka_queue::lapin::types::{AMQPValue, FieldTable};
 use aioka_queue::{SharedPublisher, inject_trace_context, persistent_json};
-use aioka_store::{OverdueRetry, Store};
+use aioka_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::worker::REDELIVERED_HEADER;
@@ -64,13 +64,13 @@ impl Sweeper {
         for retry in overdue {
             // A publish that fails leaves the row due again after `after`: the next sweep
             // past that takes it again.
-            let (exchange, key, body, props) = self.message(&retry);
+            let (exchange, key, body, props) = self.message(retry.task.clone());
             match self.publisher.publish(&exchange, &key, &body, props).await {
                 Ok(()) => {
                     tracing::info!(
-                        delivery_id = %retry.delivery_id,
-                        webhook_id = %retry.webhook_id,
-                        attempt = retry.attempt,
+                        delivery_id = %retry.task.delivery_id,
+                        webhook_id = %retry.task.webhook_id,
+                        attempt = retry.task.attempt,
                         due = %retry.due,
                         "overdue attempt published again"
                     );
@@ -86,22 +86,13 @@ impl Sweeper {
         Ok(published)
     }
 
+    /// The tagged task, marked redelivered (so it is claimed before it is sent), with its
+    /// shard's route.
     fn message(
         &self,
-        retry: &OverdueRetry,
+        task: DeliveryTask,
     ) -> (String, String, Vec<u8>, aioka_queue::lapin::BasicProperties) {
-        let task = DeliveryTask {
-            delivery_id: retry.delivery_id,
-            event_id: retry.event_id,
-            webhook_id: retry.webhook_id,
-            event_type: retry.event_type,
-            body: retry.body.clone(),
-            attempt: retry.attempt,
-            series_start: retry.series_start,
-            auth: None,
-            test: retry.test,
-        }
-        .authenticated(&self.task_key);
+        let task = task.authenticated(&self.task_key);
         let mut headers: FieldTable = inject_trace_context();
         headers.insert(REDELIVERED_HEADER.into(), AMQPValue::LongString("1".into()));
         let props = persistent_json(Some(&task.delivery_id.to_string()), headers);

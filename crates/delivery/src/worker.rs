@@ -1,12 +1,10 @@
 //! The consumer loop and one task's journey: look up the webhook, send, decide, record, ack.
 
-use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aioka_core::WebhookId;
 use aioka_core::disable::Outcome;
 use aioka_core::messages::{DeliveryTask, Task};
 use aioka_core::retry::{AfterFailure, RetrySchedule, Tier};
@@ -34,12 +32,8 @@ pub(crate) struct Worker {
     pub schedule: RetrySchedule,
     pub max_in_flight: u16,
     pub grace: Duration,
-    /// Attempts in flight per webhook in this process, capped at `per_webhook_cap`, and the
-    /// tasks waiting for one of a webhook's slots.
-    pub per_webhook: Mutex<Slots>,
-    pub per_webhook_cap: u16,
-    /// `aioka_delivery_in_flight`: raised and lowered by each [`Slot`].
-    pub in_flight: metrics::Gauge,
+    /// Each webhook's share of this process's attempts in flight.
+    pub slots: crate::slots::Slots,
     pub cache: Cache,
     pub sender: Sender,
     pub recorder: Recorder,
@@ -53,26 +47,6 @@ pub(crate) struct Worker {
     pub health: Health,
     /// Cancelled on shutdown: work held for a dependency gives up and requeues.
     pub stopping: CancellationToken,
-}
-
-/// A task whose webhook has all its slots taken waits this long for one to free before it is
-/// put off through the defer queue (whose delay is as long).
-const SLOT_WAIT: Duration = Duration::from_secs(1);
-
-/// The slots of every webhook with attempts in flight or tasks waiting in this process.
-#[derive(Default)]
-pub(crate) struct Slots {
-    hooks: HashMap<WebhookId, WebhookSlots>,
-    /// Tasks waiting for a slot, over all webhooks.
-    waiting: usize,
-}
-
-#[derive(Default)]
-struct WebhookSlots {
-    in_flight: u16,
-    waiting: u16,
-    /// Signalled when one of this webhook's slots is given back.
-    freed: Arc<tokio::sync::Notify>,
 }
 
 /// Marks a task put off through the defer queue after it had been redelivered.
@@ -190,7 +164,7 @@ impl Worker {
         // was put off after such a redelivery (the defer queue's copy is a new message).
         let redelivered = delivery.redelivered
             || header_str(delivery.properties.headers().as_ref(), REDELIVERED_HEADER).is_some();
-        let Some(_slot) = self.take_slot(task.webhook_id).await else {
+        let Some(_slot) = self.slots.take(task.webhook_id).await else {
             // This webhook has had its share of our slots for a second, or too many tasks wait
             // for them already: put the task off, unattempted.
             let done = self.put_off(publisher, &delivery, &task, redelivered).await;
@@ -484,71 +458,6 @@ impl Worker {
         }
     }
 
-    /// A slot for one attempt to `webhook`. When the webhook has its share in flight, the task
-    /// waits for one of its slots to free, at most `SLOT_WAIT`, if few enough wait already
-    /// (per webhook a quarter of the prefetch or twice its share, in all half the prefetch, so
-    /// tasks of one slow endpoint can never hold most of the prefetch); otherwise, or when the wait ends, `None`. Many
-    /// events to few healthy webhooks then flow at the receivers' pace instead of every task
-    /// past the share going round the defer queue. The slot is given back when dropped, also
-    /// when the attempt is cut off at shutdown.
-    async fn take_slot(&self, webhook: WebhookId) -> Option<Slot<'_>> {
-        let deadline = tokio::time::Instant::now() + SLOT_WAIT;
-        let max_waiting = usize::from(self.max_in_flight) / 2;
-        let per_hook_waiting =
-            (usize::from(self.max_in_flight) / 4).max(usize::from(self.per_webhook_cap) * 2);
-        let mut registered = false;
-        loop {
-            let freed = {
-                let mut guard = self.per_webhook.lock().ok()?;
-                let slots = &mut *guard;
-                let entry = slots.hooks.entry(webhook).or_default();
-                if entry.in_flight < self.per_webhook_cap {
-                    entry.in_flight += 1;
-                    if registered {
-                        entry.waiting -= 1;
-                        slots.waiting -= 1;
-                    }
-                    self.in_flight.increment(1.0);
-                    return Some(Slot {
-                        worker: self,
-                        webhook,
-                    });
-                }
-                if !registered {
-                    if usize::from(entry.waiting) >= per_hook_waiting
-                        || slots.waiting >= max_waiting
-                    {
-                        return None;
-                    }
-                    entry.waiting += 1;
-                    slots.waiting += 1;
-                    registered = true;
-                }
-                entry.freed.clone()
-            };
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                if let Ok(mut guard) = self.per_webhook.lock() {
-                    let slots = &mut *guard;
-                    slots.waiting -= 1;
-                    if let Some(entry) = slots.hooks.get_mut(&webhook) {
-                        entry.waiting -= 1;
-                        if entry.in_flight == 0 && entry.waiting == 0 {
-                            slots.hooks.remove(&webhook);
-                        }
-                    }
-                }
-                return None;
-            }
-            // A wake-up can be missed between the check and the wait: look again often.
-            let _ = tokio::time::timeout(
-                (deadline - now).min(Duration::from_millis(50)),
-                freed.notified(),
-            )
-            .await;
-        }
-    }
-
     /// Drops a task without sending and records why.
     async fn skip(&self, task: &DeliveryTask, reason: &'static str) -> Done {
         tracing::info!(reason, "task skipped");
@@ -564,27 +473,6 @@ impl Worker {
         match self.recorder.record(record).await {
             Ok(_) => Done::Ack,
             Err(_) => Done::Requeue,
-        }
-    }
-}
-
-/// One attempt's share of a webhook's in-flight cap.
-struct Slot<'a> {
-    worker: &'a Worker,
-    webhook: WebhookId,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.worker.in_flight.decrement(1.0);
-        if let Ok(mut slots) = self.worker.per_webhook.lock()
-            && let Some(entry) = slots.hooks.get_mut(&self.webhook)
-        {
-            entry.in_flight -= 1;
-            entry.freed.notify_one();
-            if entry.in_flight == 0 && entry.waiting == 0 {
-                slots.hooks.remove(&self.webhook);
-            }
         }
     }
 }

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 
 use aioka_core::disable::{DisableReason, DisableRule, FailureHistory, Outcome};
 use aioka_core::event::EventType;
+use aioka_core::messages::DeliveryTask;
 use aioka_core::{ApiKeyId, DeliveryId, EventId, WebhookId};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -208,19 +209,12 @@ pub struct Resend {
 }
 
 /// A pending delivery whose next attempt is overdue, as [`Store::take_overdue_retries`]
-/// returns it: everything its task needs.
+/// returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OverdueRetry {
-    pub delivery_id: DeliveryId,
-    pub event_id: EventId,
-    pub webhook_id: WebhookId,
-    pub event_type: EventType,
-    pub body: String,
-    /// The attempt it waits for: attempts made + 1.
-    pub attempt: u32,
-    /// The attempt that began its series (1, or a re-send's first attempt).
-    pub series_start: u32,
-    pub test: bool,
+    /// The attempt it waits for (attempts made + 1), rebuilt from the stored event, counted
+    /// from its series' start; untagged (the caller tags it).
+    pub task: DeliveryTask,
     /// When that attempt was due.
     pub due: DateTime<Utc>,
 }
@@ -733,16 +727,19 @@ impl Store {
                 let attempts: i32 = r.try_get(5)?;
                 let series_start: i32 = r.try_get(6)?;
                 Ok(OverdueRetry {
-                    delivery_id: DeliveryId::from_uuid(r.try_get(0)?),
-                    event_id: EventId::from_uuid(r.try_get(1)?),
-                    webhook_id: WebhookId::from_uuid(r.try_get(2)?),
-                    event_type: event_type
-                        .parse()
-                        .map_err(|_| StoreError::Corrupt(format!("event type {event_type}")))?,
-                    body: r.try_get(4)?,
-                    attempt: u32::try_from(attempts).unwrap_or(0) + 1,
-                    series_start: u32::try_from(series_start).unwrap_or(1).max(1),
-                    test: r.try_get::<_, Option<bool>>(7)?.unwrap_or(false),
+                    task: DeliveryTask {
+                        delivery_id: DeliveryId::from_uuid(r.try_get(0)?),
+                        event_id: EventId::from_uuid(r.try_get(1)?),
+                        webhook_id: WebhookId::from_uuid(r.try_get(2)?),
+                        event_type: event_type
+                            .parse()
+                            .map_err(|_| StoreError::Corrupt(format!("event type {event_type}")))?,
+                        body: r.try_get(4)?,
+                        attempt: u32::try_from(attempts).unwrap_or(0) + 1,
+                        series_start: u32::try_from(series_start).unwrap_or(1).max(1),
+                        auth: None,
+                        test: r.try_get::<_, Option<bool>>(7)?.unwrap_or(false),
+                    },
                     due: r.try_get(8)?,
                 })
             })

@@ -455,15 +455,7 @@ async fn every_service_serves_the_pipeline_metrics_and_in_flight_returns_to_zero
     let deadline = tokio::time::Instant::now() + PATIENCE;
     for admin in &system.admins {
         loop {
-            let text = system
-                .client
-                .get(format!("{admin}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = aioka_e2e::metrics_text(admin).await;
             for name in [
                 "aioka_gateway_events_total",
                 "aioka_fanout_tasks_total",

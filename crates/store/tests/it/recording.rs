@@ -330,10 +330,10 @@ async fn an_overdue_retry_is_taken_once_per_sweep_period_and_by_one_sweeper() {
     taken.extend(b.unwrap());
     assert_eq!(taken.len(), 1, "{taken:?}");
     let t = &taken[0];
-    assert_eq!(t.delivery_id, records[0].delivery_id);
-    assert_eq!((t.attempt, t.series_start), (2, 1));
+    assert_eq!(t.task.delivery_id, records[0].delivery_id);
+    assert_eq!((t.task.attempt, t.task.series_start), (2, 1));
     assert_eq!(
-        (t.event_type, t.body.as_str(), t.test),
+        (t.task.event_type, t.task.body.as_str(), t.task.test),
         (EventType::VerdictNew, "{}", true)
     );
     // Taken means due now: the next sweep within `after` leaves it alone.
@@ -347,8 +347,9 @@ async fn an_overdue_retry_is_taken_once_per_sweep_period_and_by_one_sweeper() {
     // Its attempt was taken once: past `after` again it is left alone (a backlog may hold the
     // copy), and only past ten times `after` is it taken a second time.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let ids =
-        |v: Vec<aioka_store::OverdueRetry>| v.iter().map(|r| r.delivery_id).collect::<Vec<_>>();
+    let ids = |v: Vec<aioka_store::OverdueRetry>| {
+        v.iter().map(|r| r.task.delivery_id).collect::<Vec<_>>()
+    };
     let once = ids(f
         .store()
         .take_overdue_retries(std::time::Duration::from_millis(200), 100)

@@ -1,0 +1,268 @@
+//! Each webhook's share of a delivery process's attempts in flight.
+//!
+//! One webhook may hold at most `per_webhook` attempts at once. A task past that share waits
+//! for one of its webhook's slots to free, at most [`SLOT_WAIT`], if few enough wait already
+//! (per webhook a quarter of the prefetch or twice its share, in all half the prefetch, so
+//! the tasks of one slow endpoint never hold most of the prefetch); otherwise, or when the
+//! wait ends, the caller puts the task off through the defer queue. Many events to a few
+//! healthy webhooks then flow at the receivers' pace instead of going round the defer queue.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aioka_core::WebhookId;
+
+/// How long a task waits for a slot before it is put off (the defer queue's delay).
+pub const SLOT_WAIT: Duration = Duration::from_secs(1);
+
+pub(crate) struct Slots {
+    state: Mutex<State>,
+    per_webhook: u16,
+    /// Waiters allowed per webhook, and in all.
+    per_webhook_waiting: usize,
+    max_waiting: usize,
+    /// `aioka_delivery_in_flight`: raised and lowered by each [`Slot`].
+    in_flight: metrics::Gauge,
+}
+
+/// The webhooks with attempts in flight or tasks waiting.
+#[derive(Default)]
+struct State {
+    hooks: HashMap<WebhookId, Hook>,
+    waiting: usize,
+}
+
+#[derive(Default)]
+struct Hook {
+    in_flight: u16,
+    waiting: u16,
+    /// Signalled when one of this webhook's slots is given back.
+    freed: Arc<tokio::sync::Notify>,
+}
+
+impl State {
+    /// Forgets a webhook with nothing in flight and nothing waiting.
+    fn tidy(&mut self, webhook: WebhookId) {
+        if self
+            .hooks
+            .get(&webhook)
+            .is_some_and(|h| h.in_flight == 0 && h.waiting == 0)
+        {
+            self.hooks.remove(&webhook);
+        }
+    }
+}
+
+impl Slots {
+    /// For a process whose prefetch is `max_in_flight`.
+    pub fn new(max_in_flight: u16, per_webhook: u16, in_flight: metrics::Gauge) -> Self {
+        let prefetch = usize::from(max_in_flight);
+        Self {
+            state: Mutex::default(),
+            per_webhook,
+            per_webhook_waiting: (prefetch / 4).max(usize::from(per_webhook) * 2),
+            max_waiting: prefetch / 2,
+            in_flight,
+        }
+    }
+
+    /// A slot for one attempt to `webhook`, waiting for one at most [`SLOT_WAIT`] as the
+    /// module says; `None`: put the task off. The slot is given back when dropped, also when
+    /// the attempt is cut off at shutdown.
+    pub async fn take(&self, webhook: WebhookId) -> Option<Slot<'_>> {
+        self.take_within(webhook, SLOT_WAIT).await
+    }
+
+    async fn take_within(&self, webhook: WebhookId, wait: Duration) -> Option<Slot<'_>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Counted among the waiters until dropped: when the slot is had, when the wait ends,
+        // and also when this future is dropped mid-wait (a broker session that ends drops its
+        // handlers), so no count is left behind.
+        let mut waiter: Option<Waiter<'_>> = None;
+        loop {
+            let freed = {
+                let mut guard = self.state.lock().ok()?;
+                let state = &mut *guard;
+                let hook = state.hooks.entry(webhook).or_default();
+                if hook.in_flight < self.per_webhook {
+                    hook.in_flight += 1;
+                    self.in_flight.increment(1.0);
+                    return Some(Slot {
+                        slots: self,
+                        webhook,
+                    });
+                }
+                if waiter.is_none() {
+                    if usize::from(hook.waiting) >= self.per_webhook_waiting
+                        || state.waiting >= self.max_waiting
+                    {
+                        state.tidy(webhook);
+                        return None;
+                    }
+                    hook.waiting += 1;
+                    state.waiting += 1;
+                    waiter = Some(Waiter {
+                        slots: self,
+                        webhook,
+                    });
+                }
+                hook.freed.clone()
+            };
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            // A wake-up can be missed between the check and the wait: look again often.
+            let _ = tokio::time::timeout(
+                (deadline - now).min(Duration::from_millis(50)),
+                freed.notified(),
+            )
+            .await;
+        }
+    }
+
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
+        let state = self.state.lock().unwrap();
+        (state.hooks.len(), state.waiting)
+    }
+}
+
+/// A task counted among those waiting for one of its webhook's slots, until dropped.
+struct Waiter<'a> {
+    slots: &'a Slots,
+    webhook: WebhookId,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.slots.state.lock() {
+            state.waiting -= 1;
+            if let Some(hook) = state.hooks.get_mut(&self.webhook) {
+                hook.waiting -= 1;
+            }
+            state.tidy(self.webhook);
+        }
+    }
+}
+
+/// One attempt's share of a webhook's slots.
+pub(crate) struct Slot<'a> {
+    slots: &'a Slots,
+    webhook: WebhookId,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.slots.in_flight.decrement(1.0);
+        if let Ok(mut state) = self.slots.state.lock() {
+            if let Some(hook) = state.hooks.get_mut(&self.webhook) {
+                hook.in_flight -= 1;
+                hook.freed.notify_one();
+            }
+            state.tidy(self.webhook);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(max_in_flight: u16, per_webhook: u16) -> Slots {
+        Slots::new(
+            max_in_flight,
+            per_webhook,
+            metrics::gauge!("test_in_flight"),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_task_past_the_share_gets_the_slot_given_back() {
+        let s = slots(64, 2);
+        let hook = WebhookId::new();
+        let a = s.take(hook).await.unwrap();
+        let _b = s.take(hook).await.unwrap();
+        let third = s.take(hook);
+        tokio::pin!(third);
+        // Full: the third waits.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), &mut third)
+                .await
+                .is_err()
+        );
+        assert_eq!(s.counts(), (1, 1));
+        drop(a);
+        let _c = tokio::time::timeout(Duration::from_millis(500), third)
+            .await
+            .expect("woken when a slot is given back")
+            .unwrap();
+        assert_eq!(s.counts(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_ends_or_is_dropped_leaves_no_count_behind() {
+        let s = slots(64, 1);
+        let hook = WebhookId::new();
+        let held = s.take(hook).await.unwrap();
+        assert!(
+            s.take_within(hook, Duration::from_millis(50))
+                .await
+                .is_none()
+        );
+        assert_eq!(s.counts(), (1, 0));
+        // Dropped mid-wait, as a handler is when its broker session ends.
+        let dropped = tokio::time::timeout(Duration::from_millis(50), s.take(hook)).await;
+        assert!(dropped.is_err());
+        assert_eq!(s.counts(), (1, 0));
+        drop(held);
+        assert_eq!(s.counts(), (0, 0), "an idle webhook is forgotten");
+    }
+
+    #[tokio::test]
+    async fn too_many_waiting_are_put_off_at_once() {
+        // Prefetch 8: half of it (4) may wait in all, a quarter or twice the share (2) per
+        // webhook.
+        let s = slots(8, 1);
+        let (x, y, z) = (WebhookId::new(), WebhookId::new(), WebhookId::new());
+        let _held: Vec<_> = futures_util::future::join_all([s.take(x), s.take(y), s.take(z)])
+            .await
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
+        let wait = Duration::from_millis(300);
+        let soon = Duration::from_millis(30);
+        // Put off at once, or after the whole wait.
+        let at_once = |took: Duration| took < Duration::from_millis(150);
+        let s = &s;
+        let probe = move |hook| async move {
+            tokio::time::sleep(soon).await;
+            let started = tokio::time::Instant::now();
+            let got = s.take_within(hook, wait).await;
+            (got.is_none(), started.elapsed())
+        };
+        // Two wait for x, its limit: a third for x is put off at once (2 wait in all, fewer
+        // than 4).
+        let x_waiting =
+            futures_util::future::join_all([s.take_within(x, wait), s.take_within(x, wait)]);
+        let ((x_waited, (x_off, x_took)), (y_waited, (z_off, z_took))) =
+            tokio::join!(async { tokio::join!(x_waiting, probe(x)) }, async {
+                // Then two wait for y: 4 in all, the limit, so one for z is put off at once.
+                tokio::time::sleep(soon * 2).await;
+                let y_waiting = futures_util::future::join_all([
+                    s.take_within(y, wait),
+                    s.take_within(y, wait),
+                ]);
+                tokio::join!(y_waiting, probe(z))
+            });
+        assert!(
+            x_waited.iter().chain(&y_waited).all(Option::is_none),
+            "nothing was given back"
+        );
+        assert!(x_off && z_off);
+        assert!(at_once(x_took), "a third waiter for x waited {x_took:?}");
+        assert!(at_once(z_took), "a fifth waiter in all waited {z_took:?}");
+        assert_eq!(s.counts(), (3, 0));
+    }
+}
