@@ -372,3 +372,57 @@ async fn an_overdue_retry_is_taken_once_per_sweep_period_and_by_one_sweeper() {
         "past 10 × after, taken again"
     );
 }
+
+/// Recording the first attempt of a delivery whose row was written pending ahead of it (a
+/// test event's: the gateway creates those rows) is a HOT update: no index of `deliveries`
+/// covers a column that write changes, so the row is rewritten in its page and no index gains
+/// an entry. V10's partial index on `status = 'pending'` broke this unnoticed.
+#[tokio::test]
+async fn recording_the_first_attempt_of_a_delivery_written_pending_is_a_hot_update() {
+    let f = Fixture::new().await;
+    let success = f.attempt(0, Outcome::Success).await;
+    f.store()
+        .insert_pending_deliveries(success.event_id, &[f.webhook])
+        .await
+        .unwrap();
+    f.store()
+        .record_batch(&[success.clone()], RULE)
+        .await
+        .unwrap();
+    let (client, connection) = tokio_postgres::connect(&f.db.url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        .await
+        .unwrap();
+    let row = client
+        .query_one(
+            "SELECT tableoid::regclass::text, status FROM deliveries WHERE id = $1",
+            &[&success.delivery_id.as_uuid()],
+        )
+        .await
+        .unwrap();
+    let (partition, status): (String, String) = (row.get(0), row.get(1));
+    assert_eq!(status, "succeeded");
+    // The partition holds this one delivery: its page 0 has the pending version and the
+    // recorded one. HEAP_HOT_UPDATED (0x4000) marks the first, HEAP_ONLY_TUPLE (0x8000) the
+    // second.
+    let flags: Vec<i32> = client
+        .query(
+            "SELECT t_infomask2::int4 FROM heap_page_items(get_raw_page($1, 0))
+             WHERE t_infomask2 IS NOT NULL ORDER BY lp",
+            &[&partition],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(flags.len(), 2, "the pending row and its update: {flags:?}");
+    assert!(
+        flags[0] & 0x4000 != 0 && flags[1] & 0x8000 != 0,
+        "the update of {partition} was not HOT (t_infomask2 {flags:x?})"
+    );
+}
