@@ -386,7 +386,7 @@ async fn recording_the_first_attempt_of_a_delivery_written_pending_is_a_hot_upda
         .await
         .unwrap();
     f.store()
-        .record_batch(&[success.clone()], RULE)
+        .record_batch(std::slice::from_ref(&success), RULE)
         .await
         .unwrap();
     let (client, connection) = tokio_postgres::connect(&f.db.url, tokio_postgres::NoTls)
