@@ -10,8 +10,6 @@ use aioka_store::{DeliveryRecord, EventSource, LogWindow, NewEvent, ResendError}
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -46,17 +44,19 @@ fn delivery_json(d: &DeliveryRecord) -> Value {
     })
 }
 
+/// A page's cursor is the `seq` of its last delivery in decimal: exactly what the document's
+/// pattern (`^[0-9]{1,18}$`) says, so every cursor a client may send is one the server takes
+/// (a seq that names no delivery still pages: "older than this"). Eighteen digits always fit
+/// an i64.
 fn encode_cursor(seq: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("s{seq}"))
+    seq.to_string()
 }
 
 fn decode_cursor(text: &str) -> Option<i64> {
-    let bytes = URL_SAFE_NO_PAD.decode(text).ok()?;
-    String::from_utf8(bytes)
-        .ok()?
-        .strip_prefix('s')?
-        .parse()
-        .ok()
+    if text.is_empty() || text.len() > 18 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// How long the log keeps deliveries, in the largest whole unit: "30 days", "90 seconds".
@@ -113,7 +113,7 @@ pub async fn list(
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_parameter",
-                "cursor is not one this API returned",
+                "cursor is not one this API returned (a next_cursor is 1 to 18 digits)",
             )
             .with_field("cursor")
         })?),
@@ -506,5 +506,13 @@ mod tests {
         assert_eq!(decode_cursor(&encode_cursor(42)), Some(42));
         assert_eq!(decode_cursor("nope"), None);
         assert_eq!(decode_cursor(""), None);
+        // What the pattern ^[0-9]{1,18}$ refuses, the parser refuses: a sign, a 19th digit.
+        assert_eq!(decode_cursor("+5"), None);
+        assert_eq!(decode_cursor("1234567890123456789"), None);
+        assert_eq!(
+            decode_cursor("999999999999999999"),
+            Some(999_999_999_999_999_999)
+        );
+        assert_eq!(decode_cursor("007"), Some(7));
     }
 }
