@@ -67,9 +67,10 @@ print(f"- {os.cpu_count()} cores ({cpu_model()}), {mem_gib()} GiB memory, {platf
 print(f"- {version(['rabbitmqctl', 'version'])} (RabbitMQ), {version(['psql', '--version'])}")
 print(f"- {version(['rustc', '--version'])}, release build\n")
 print("## Settings that matter\n")
-print("Defaults of `config/default.toml` unless listed: delivery `max_in_flight` 2048 (the "
-      "consumer prefetch), `max_in_flight_per_webhook` 8, `timeout` 10s, `record_batch_size` 500, "
-      "`record_flush_interval` 50ms; fanout `chunk_size` 1000, `prefetch` 4; database `pool_size` "
+print("Defaults of `config/default.toml` unless listed: delivery `max_in_flight` 2048 (attempts "
+      "in flight and the consumer prefetch), `max_in_flight_per_webhook` 8, `timeout` 10s, "
+      "`record_batch_size` 500, `record_flush_interval` 50ms; fanout `chunk_size` 1000, "
+      "`batch_size` 50 (first attempts per broker message), `prefetch` 4; database `pool_size` "
       "16 per process; RabbitMQ and PostgreSQL as Debian installs them. Overrides in this run:\n")
 for k in sorted(env):
     if "SECRET" in k or "URL" in k:

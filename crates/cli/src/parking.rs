@@ -112,6 +112,11 @@ pub async fn replay(url: &str, topology: &Topology, limit: usize) -> anyhow::Res
                     Ok(aioka_core::messages::Task::V1(task)) => {
                         topology.task_route(task.webhook_id)
                     }
+                    // Every webhook of a batch is in one shard.
+                    Ok(aioka_core::messages::Task::V2(batch)) => match batch.webhooks.first() {
+                        Some(webhook) => topology.task_route(*webhook),
+                        None => (topology.deliveries_exchange(), DELIVERY_KEY.to_owned()),
+                    },
                     Err(_) => (topology.deliveries_exchange(), DELIVERY_KEY.to_owned()),
                 },
             ),

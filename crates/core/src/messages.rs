@@ -22,6 +22,27 @@ use crate::secret::TaskKey;
 pub enum Task {
     #[serde(rename = "1")]
     V1(DeliveryTask),
+    /// First attempts of one event to several webhooks of one shard (fanout's healthy path):
+    /// one broker message and one tag for up to `fanout.batch_size` deliveries. Each item
+    /// becomes a [`DeliveryTask`] in the delivery service; a retry, a put-off item or a
+    /// parked one leaves as a task of its own.
+    #[serde(rename = "2")]
+    V2(BatchTask),
+}
+
+/// See [`Task::V2`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchTask {
+    pub event_id: EventId,
+    pub event_type: EventType,
+    /// The envelope bytes, as UTF-8 JSON text, sent to every webhook of the batch.
+    pub body: String,
+    /// The webhooks, each once; each item's delivery id is derived from the event and it.
+    pub webhooks: Vec<WebhookId>,
+    /// HMAC-SHA256 (base64url) with the [`TaskKey`] over the event id, type, body and every
+    /// webhook id in order (see `proto/amqp.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +82,8 @@ pub enum TaskRefused {
     BadTag,
     #[error("the task's delivery id is not the one of its event and webhook")]
     ForeignDeliveryId,
+    #[error("the batch names no webhook, or one webhook twice")]
+    BadBatch,
 }
 
 const fn one() -> u32 {
@@ -123,6 +146,66 @@ impl DeliveryTask {
     }
 }
 
+impl BatchTask {
+    fn tag_mac(&self, key: &TaskKey) -> hmac::Hmac<Sha256> {
+        let mut mac = <hmac::Hmac<Sha256>>::new_from_slice(&key.0).expect("any key length");
+        mac.update(b"v2");
+        mac.update(self.event_id.as_uuid().as_bytes());
+        let event_type = self.event_type.as_str().as_bytes();
+        mac.update(&(event_type.len() as u64).to_be_bytes());
+        mac.update(event_type);
+        mac.update(&(self.body.len() as u64).to_be_bytes());
+        mac.update(self.body.as_bytes());
+        mac.update(&(self.webhooks.len() as u64).to_be_bytes());
+        for webhook in &self.webhooks {
+            mac.update(webhook.as_uuid().as_bytes());
+        }
+        mac
+    }
+
+    /// The batch with its tag set.
+    pub fn authenticated(mut self, key: &TaskKey) -> Self {
+        let tag = self.tag_mac(key).finalize().into_bytes();
+        self.auth = Some(URL_SAFE_NO_PAD.encode(tag));
+        self
+    }
+
+    /// Checks the tag (in constant time), and that the batch names each webhook once.
+    pub fn verify(&self, key: &TaskKey) -> Result<(), TaskRefused> {
+        let tag = self.auth.as_deref().ok_or(TaskRefused::Untagged)?;
+        let tag = URL_SAFE_NO_PAD
+            .decode(tag)
+            .map_err(|_| TaskRefused::BadTag)?;
+        self.tag_mac(key)
+            .verify_slice(&tag)
+            .map_err(|_| TaskRefused::BadTag)?;
+        let mut seen = std::collections::HashSet::with_capacity(self.webhooks.len());
+        if self.webhooks.is_empty() || !self.webhooks.iter().all(|w| seen.insert(*w)) {
+            return Err(TaskRefused::BadBatch);
+        }
+        Ok(())
+    }
+
+    /// The first-attempt task of the `i`-th webhook, tagged as a task of its own (so its
+    /// retry, or a put-off or parked copy, travels and verifies as any other task). Call
+    /// after [`BatchTask::verify`].
+    pub fn item(&self, i: usize, key: &TaskKey) -> DeliveryTask {
+        let webhook = self.webhooks[i];
+        DeliveryTask {
+            delivery_id: DeliveryId::for_pair(self.event_id, webhook),
+            event_id: self.event_id,
+            webhook_id: webhook,
+            event_type: self.event_type,
+            body: self.body.clone(),
+            attempt: 1,
+            series_start: 1,
+            auth: None,
+            test: false,
+        }
+        .authenticated(key)
+    }
+}
+
 impl Task {
     pub fn to_bytes(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -163,7 +246,9 @@ mod tests {
         let t = task().authenticated(&key);
         assert_eq!(t.verify(&key), Ok(()));
         let again = Task::from_bytes(&Task::V1(t.next_attempt()).to_bytes()).unwrap();
-        let Task::V1(again) = again;
+        let Task::V1(again) = again else {
+            panic!("a task comes back as a task")
+        };
         assert_eq!(again.verify(&key), Ok(()));
     }
 
@@ -218,6 +303,70 @@ mod tests {
         }
         .authenticated(&key);
         assert_eq!(t.verify(&key), Err(TaskRefused::ForeignDeliveryId));
+    }
+
+    fn batch(n: usize) -> BatchTask {
+        BatchTask {
+            event_id: EventId::new(),
+            event_type: EventType::VerdictNew,
+            body: "{\"a\":1}".into(),
+            webhooks: (0..n).map(|_| WebhookId::new()).collect(),
+            auth: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_verifies_and_its_items_are_first_attempts_that_verify_as_tasks() {
+        let key = key();
+        let b = batch(3).authenticated(&key);
+        assert_eq!(b.verify(&key), Ok(()));
+        let bytes = Task::V2(b.clone()).to_bytes();
+        assert!(String::from_utf8_lossy(&bytes).starts_with(r#"{"v":"2","#));
+        assert_eq!(Task::from_bytes(&bytes).unwrap(), Task::V2(b.clone()));
+        let items: Vec<_> = (0..b.webhooks.len()).map(|i| b.item(i, &key)).collect();
+        for (item, webhook) in items.iter().zip(&b.webhooks) {
+            assert_eq!(item.webhook_id, *webhook);
+            assert_eq!(item.delivery_id, DeliveryId::for_pair(b.event_id, *webhook));
+            assert_eq!((item.attempt, item.series_start, item.test), (1, 1, false));
+            assert_eq!(item.body, b.body);
+            assert_eq!(item.verify(&key), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_batch_changed_after_tagging_or_naming_a_webhook_twice_is_refused() {
+        let key = key();
+        let b = batch(3).authenticated(&key);
+        assert_eq!(batch(3).verify(&key), Err(TaskRefused::Untagged));
+        assert_eq!(b.verify(&self::key()), Err(TaskRefused::BadTag));
+        let mut added = b.clone();
+        added.webhooks.push(WebhookId::new());
+        assert_eq!(added.verify(&key), Err(TaskRefused::BadTag));
+        let mut dropped = b.clone();
+        dropped.webhooks.pop();
+        assert_eq!(dropped.verify(&key), Err(TaskRefused::BadTag));
+        let mut swapped = b.clone();
+        swapped.webhooks.swap(0, 1);
+        assert_eq!(swapped.verify(&key), Err(TaskRefused::BadTag));
+        let body = BatchTask {
+            body: "{\"forged\":true}".into(),
+            ..b.clone()
+        };
+        assert_eq!(body.verify(&key), Err(TaskRefused::BadTag));
+        let twice = BatchTask {
+            webhooks: vec![b.webhooks[0], b.webhooks[0]],
+            auth: None,
+            ..b.clone()
+        }
+        .authenticated(&key);
+        assert_eq!(twice.verify(&key), Err(TaskRefused::BadBatch));
+        let empty = BatchTask {
+            webhooks: Vec::new(),
+            auth: None,
+            ..b
+        }
+        .authenticated(&key);
+        assert_eq!(empty.verify(&key), Err(TaskRefused::BadBatch));
     }
 
     #[test]

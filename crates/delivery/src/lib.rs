@@ -102,6 +102,7 @@ pub async fn run(
             d.max_in_flight_per_webhook,
             metrics::gauge!("aioka_delivery_in_flight"),
         ),
+        attempts: tokio::sync::Semaphore::new(usize::from(d.max_in_flight)),
         cache,
         sender: client::Sender::new(&d, settings.security.allow_private_targets)?,
         recorder,

@@ -2,10 +2,12 @@
 //!
 //! One webhook may hold at most `per_webhook` attempts at once. A task past that share waits
 //! for one of its webhook's slots to free, at most [`SLOT_WAIT`], if few enough wait already
-//! (per webhook a quarter of the prefetch or twice its share, in all half the prefetch, so
-//! the tasks of one slow endpoint never hold most of the prefetch); otherwise, or when the
-//! wait ends, the caller puts the task off through the defer queue. Many events to a few
-//! healthy webhooks then flow at the receivers' pace instead of going round the defer queue.
+//! (per webhook a quarter of `max_in_flight` or twice its share, so the tasks of one slow
+//! endpoint never hold most of the process's attempts; in all `max_in_flight`, the number of
+//! attempt permits a waiter holds one of); otherwise, or when the wait ends, the caller puts
+//! the task off through the defer queue. Many events to a few healthy webhooks then flow at
+//! the receivers' pace instead of going round the defer queue: a batch of first attempts
+//! brings many tasks at once, and each waits its turn here rather than being put off.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,14 +57,14 @@ impl State {
 }
 
 impl Slots {
-    /// For a process whose prefetch is `max_in_flight`.
+    /// For a process with `max_in_flight` attempts at most.
     pub fn new(max_in_flight: u16, per_webhook: u16, in_flight: metrics::Gauge) -> Self {
         let prefetch = usize::from(max_in_flight);
         Self {
             state: Mutex::default(),
             per_webhook,
             per_webhook_waiting: (prefetch / 4).max(usize::from(per_webhook) * 2),
-            max_waiting: prefetch / 2,
+            max_waiting: prefetch,
             in_flight,
         }
     }
@@ -222,11 +224,11 @@ mod tests {
 
     #[tokio::test]
     async fn too_many_waiting_are_put_off_at_once() {
-        // Prefetch 8: half of it (4) may wait in all, a quarter or twice the share (2) per
+        // max_in_flight 8: all 8 may wait in all, a quarter or twice the share (2) per
         // webhook.
         let s = slots(8, 1);
-        let (x, y, z) = (WebhookId::new(), WebhookId::new(), WebhookId::new());
-        let _held: Vec<_> = futures_util::future::join_all([s.take(x), s.take(y), s.take(z)])
+        let hooks: Vec<WebhookId> = (0..5).map(|_| WebhookId::new()).collect();
+        let _held: Vec<_> = futures_util::future::join_all(hooks.iter().map(|h| s.take(*h)))
             .await
             .into_iter()
             .map(Option::unwrap)
@@ -236,33 +238,36 @@ mod tests {
         // Put off at once, or after the whole wait.
         let at_once = |took: Duration| took < Duration::from_millis(150);
         let s = &s;
-        let probe = move |hook| async move {
-            tokio::time::sleep(soon).await;
+        let probe = move |hook, after: Duration| async move {
+            tokio::time::sleep(after).await;
             let started = tokio::time::Instant::now();
             let got = s.take_within(hook, wait).await;
             (got.is_none(), started.elapsed())
         };
-        // Two wait for x, its limit: a third for x is put off at once (2 wait in all, fewer
-        // than 4).
-        let x_waiting =
-            futures_util::future::join_all([s.take_within(x, wait), s.take_within(x, wait)]);
-        let ((x_waited, (x_off, x_took)), (y_waited, (z_off, z_took))) =
-            tokio::join!(async { tokio::join!(x_waiting, probe(x)) }, async {
-                // Then two wait for y: 4 in all, the limit, so one for z is put off at once.
-                tokio::time::sleep(soon * 2).await;
-                let y_waiting = futures_util::future::join_all([
-                    s.take_within(y, wait),
-                    s.take_within(y, wait),
-                ]);
-                tokio::join!(y_waiting, probe(z))
-            });
-        assert!(
-            x_waited.iter().chain(&y_waited).all(Option::is_none),
-            "nothing was given back"
+        // Two wait for each of the first four webhooks, 8 in all: a third for the first is
+        // put off at once (its own limit), and so is one for the fifth (the limit in all),
+        // which has nobody waiting yet.
+        let waiting = futures_util::future::join_all(
+            hooks[..4]
+                .iter()
+                .flat_map(|h| [probe(*h, Duration::ZERO), probe(*h, Duration::ZERO)]),
         );
-        assert!(x_off && z_off);
-        assert!(at_once(x_took), "a third waiter for x waited {x_took:?}");
-        assert!(at_once(z_took), "a fifth waiter in all waited {z_took:?}");
-        assert_eq!(s.counts(), (3, 0));
+        let (waited, (third_off, third_took), (fifth_off, fifth_took)) =
+            tokio::join!(waiting, probe(hooks[0], soon), probe(hooks[4], soon * 2));
+        assert!(waited.iter().all(|(off, _)| *off), "nothing was given back");
+        assert!(
+            waited.iter().all(|(_, took)| !at_once(*took)),
+            "each of the 8 waited its whole wait: {waited:?}"
+        );
+        assert!(third_off && fifth_off);
+        assert!(
+            at_once(third_took),
+            "a third waiter for one webhook waited {third_took:?}"
+        );
+        assert!(
+            at_once(fifth_took),
+            "a ninth waiter in all waited {fifth_took:?}"
+        );
+        assert_eq!(s.counts(), (5, 0));
     }
 }

@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use aioka_core::disable::Outcome;
-use aioka_core::messages::{DeliveryTask, Task};
+use aioka_core::messages::{BatchTask, DeliveryTask, Task};
 use aioka_core::retry::{AfterFailure, RetrySchedule, Tier};
+use aioka_queue::lapin::BasicProperties;
 use aioka_queue::lapin::message::Delivery;
-use aioka_queue::lapin::types::AMQPValue;
+use aioka_queue::lapin::types::{AMQPValue, ShortString};
 use aioka_queue::{
     ConsumerSpec, Publisher, Topology, extract_trace_context, header_str, inject_trace_context,
     persistent_json, run_consumer,
@@ -17,6 +18,7 @@ use aioka_queue::{
 use aioka_runtime::Health;
 use aioka_store::{AttemptRecord, ChainState, ClaimOutcome, RecordKind, Store};
 use chrono::Utc;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -34,6 +36,10 @@ pub(crate) struct Worker {
     pub grace: Duration,
     /// Each webhook's share of this process's attempts in flight.
     pub slots: crate::slots::Slots,
+    /// This process's attempts in flight, `max_in_flight` at most: a message may carry a
+    /// batch of tasks, so the prefetch (in messages) alone does not bound them. An item of a
+    /// batch waits here as a webhook id; its task is built when it gets a permit.
+    pub attempts: tokio::sync::Semaphore,
     pub cache: Cache,
     pub sender: Sender,
     pub recorder: Recorder,
@@ -52,12 +58,13 @@ pub(crate) struct Worker {
 /// Marks a task put off through the defer queue after it had been redelivered.
 pub(crate) const REDELIVERED_HEADER: &str = "x-aioka-redelivered";
 
-/// How one message ended.
+/// How one task ended; for a message, how it is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Done {
+    /// Done with: sent and recorded, skipped, put off or parked (a copy is confirmed in
+    /// the defer or parking queue). The message is acknowledged.
     Ack,
     Requeue,
-    /// Put off through the defer queue (and acked there).
-    PutOff,
     /// Left unsettled: the publisher channel is dead, so the session is about to end and
     /// the broker hands the message back. Requeueing it here would spin it through the
     /// queue's delivery limit (20) within milliseconds and park a healthy task.
@@ -86,7 +93,51 @@ async fn settle(delivery: &Delivery, done: Done) {
     match done {
         Done::Ack => aioka_queue::ack(delivery).await,
         Done::Requeue => aioka_queue::requeue(delivery).await,
-        Done::Hold | Done::PutOff => {}
+        Done::Hold => {}
+    }
+}
+
+/// How a batch's message is settled once each of its tasks ended: held if any is held (the
+/// session is ending), requeued if any must be tried again (a redelivered batch finds the
+/// attempts of the others recorded and does not send them again), acknowledged otherwise.
+fn settle_batch(done: impl IntoIterator<Item = Done>) -> Done {
+    done.into_iter()
+        .fold(Done::Ack, |all, one| match (all, one) {
+            (Done::Hold, _) | (_, Done::Hold) => Done::Hold,
+            (Done::Requeue, _) | (_, Done::Requeue) => Done::Requeue,
+            _ => Done::Ack,
+        })
+}
+
+/// The message a task came in. A task of a batch that leaves on its own (put off, parked)
+/// goes as a version 1 task in a message made from the batch's.
+#[derive(Clone, Copy)]
+enum Carrier<'a> {
+    Own(&'a Delivery),
+    Batch(&'a Delivery),
+}
+
+impl Carrier<'_> {
+    fn delivery(&self) -> &Delivery {
+        match self {
+            Carrier::Own(d) | Carrier::Batch(d) => d,
+        }
+    }
+
+    /// The bytes and properties of a message holding `task` alone.
+    fn message(&self, task: &DeliveryTask) -> (std::borrow::Cow<'_, [u8]>, BasicProperties) {
+        match self {
+            Carrier::Own(d) => (
+                std::borrow::Cow::Borrowed(&d.data[..]),
+                d.properties.clone(),
+            ),
+            Carrier::Batch(d) => (
+                std::borrow::Cow::Owned(Task::V1(task.clone()).to_bytes()),
+                d.properties
+                    .clone()
+                    .with_message_id(ShortString::from(task.delivery_id.to_string())),
+            ),
+        }
     }
 }
 
@@ -130,85 +181,195 @@ impl Worker {
     }
 
     async fn process(&self, publisher: &Publisher, delivery: Delivery) {
-        // Per shard: first attempts come with the shard's key, retries and put-off tasks
-        // with it too (their wait queues dead-letter with it).
-        metrics::counter!("aioka_delivery_tasks_total", "routing_key" => delivery.routing_key.to_string())
-            .increment(1);
-        let task = match Task::from_bytes(&delivery.data) {
-            Ok(Task::V1(task)) => match task.verify(&self.task_key) {
-                Ok(()) => task,
-                Err(e) => {
-                    // Whoever published this holds a broker credential but not our key: it
-                    // is never signed with a webhook's secret, never sent.
-                    tracing::warn!(delivery_id = %task.delivery_id, webhook_id = %task.webhook_id, error = %e, "task refused");
-                    metrics::counter!("aioka_delivery_tasks_refused_total").increment(1);
-                    let reason = format!("task refused: {e}");
-                    let done = self.park(publisher, &delivery, &reason).await;
-                    return settle(&delivery, done).await;
+        // A task the broker hands out again may have been attempted already; so may one that
+        // was put off after such a redelivery (the defer queue's copy is a new message).
+        let redelivered = delivery.redelivered
+            || header_str(delivery.properties.headers().as_ref(), REDELIVERED_HEADER).is_some();
+        let done = match Task::from_bytes(&delivery.data) {
+            Ok(Task::V1(task)) => {
+                self.count_tasks(&delivery, 1);
+                match task.verify(&self.task_key) {
+                    Ok(()) => {
+                        self.run_task(publisher, Carrier::Own(&delivery), task, redelivered)
+                            .await
+                    }
+                    Err(e) => {
+                        // Whoever published this holds a broker credential but not our key:
+                        // it is never signed with a webhook's secret, never sent.
+                        tracing::warn!(delivery_id = %task.delivery_id, webhook_id = %task.webhook_id, error = %e, "task refused");
+                        self.refuse(publisher, &delivery, e).await
+                    }
                 }
-            },
+            }
+            Ok(Task::V2(batch)) => {
+                self.count_tasks(&delivery, batch.webhooks.len());
+                match batch.verify(&self.task_key) {
+                    Ok(()) => {
+                        self.run_batch(publisher, &delivery, &batch, redelivered)
+                            .await
+                    }
+                    Err(e) => {
+                        tracing::warn!(event_id = %batch.event_id, tasks = batch.webhooks.len(), error = %e, "batch refused");
+                        self.refuse(publisher, &delivery, e).await
+                    }
+                }
+            }
             Err(e) => {
+                self.count_tasks(&delivery, 1);
                 let reason = format!("not a delivery task: {e}");
-                let done = self.park(publisher, &delivery, &reason).await;
-                return settle(&delivery, done).await;
+                self.park(publisher, Carrier::Own(&delivery), None, &reason)
+                    .await
             }
         };
+        settle(&delivery, done).await;
+    }
+
+    /// Per shard: first attempts come with the shard's key, retries and put-off tasks with
+    /// it too (their wait queues dead-letter with it). A batch counts its tasks.
+    fn count_tasks(&self, delivery: &Delivery, tasks: usize) {
+        metrics::counter!("aioka_delivery_tasks_total", "routing_key" => delivery.routing_key.to_string())
+            .increment(tasks as u64);
+    }
+
+    /// Parks a message whose tag does not hold.
+    async fn refuse(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        e: aioka_core::messages::TaskRefused,
+    ) -> Done {
+        metrics::counter!("aioka_delivery_tasks_refused_total").increment(1);
+        let reason = format!("task refused: {e}");
+        self.park(publisher, Carrier::Own(delivery), None, &reason)
+            .await
+    }
+
+    /// Runs the tasks of a batch, each as a task of its own, as permits come free. A task
+    /// exists (its future, its copy of the body) only once it holds a permit, so the batches
+    /// in hand cost one pending permit each, not one waiting attempt per webhook.
+    async fn run_batch(
+        &self,
+        publisher: &Publisher,
+        delivery: &Delivery,
+        batch: &BatchTask,
+        redelivered: bool,
+    ) -> Done {
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut ended = Vec::with_capacity(batch.webhooks.len());
+        for i in 0..batch.webhooks.len() {
+            let permit = loop {
+                tokio::select! {
+                    permit = self.attempts.acquire() => break permit,
+                    Some(done) = running.next(), if !running.is_empty() => ended.push(done),
+                }
+            };
+            let Ok(permit) = permit else {
+                ended.push(Done::Requeue);
+                break;
+            };
+            running.push(async move {
+                let _permit = permit;
+                let task = batch.item(i, &self.task_key);
+                self.start_task(publisher, Carrier::Batch(delivery), task, redelivered)
+                    .await
+            });
+        }
+        while let Some(done) = running.next().await {
+            ended.push(done);
+        }
+        settle_batch(ended)
+    }
+
+    /// One task, once the process has room for its attempt.
+    async fn run_task(
+        &self,
+        publisher: &Publisher,
+        carrier: Carrier<'_>,
+        task: DeliveryTask,
+        redelivered: bool,
+    ) -> Done {
+        let Ok(_permit) = self.attempts.acquire().await else {
+            return Done::Requeue;
+        };
+        self.start_task(publisher, carrier, task, redelivered).await
+    }
+
+    async fn start_task(
+        &self,
+        publisher: &Publisher,
+        carrier: Carrier<'_>,
+        task: DeliveryTask,
+        redelivered: bool,
+    ) -> Done {
         let span = tracing::info_span!(
             "deliver",
             delivery_id = %task.delivery_id,
             webhook_id = %task.webhook_id,
             attempt = task.attempt,
         );
-        extract_trace_context(delivery.properties.headers().as_ref(), &span);
-        // A task the broker hands out again may have been attempted already; so may one that
-        // was put off after such a redelivery (the defer queue's copy is a new message).
-        let redelivered = delivery.redelivered
-            || header_str(delivery.properties.headers().as_ref(), REDELIVERED_HEADER).is_some();
+        extract_trace_context(carrier.delivery().properties.headers().as_ref(), &span);
         let Some(_slot) = self.slots.take(task.webhook_id).await else {
             // This webhook has had its share of our slots for a second, or too many tasks wait
             // for them already: put the task off, unattempted.
-            let done = self.put_off(publisher, &delivery, &task, redelivered).await;
-            return settle(&delivery, done).await;
+            return self.put_off(publisher, carrier, &task, redelivered).await;
         };
-        let done = self
-            .deliver(publisher, &delivery, task, redelivered)
+        self.deliver(publisher, carrier, task, redelivered)
             .instrument(span)
-            .await;
-        settle(&delivery, done).await;
+            .await
     }
 
-    /// Sends the task round the defer queue (a second, `DEFER_DELAY_MS`) and acks this copy;
-    /// a redelivered task keeps that mark on its way.
+    /// Sends the task round the defer queue (a second, `DEFER_DELAY_MS`), confirmed; a
+    /// redelivered task keeps that mark on its way.
     async fn put_off(
         &self,
         publisher: &Publisher,
-        delivery: &Delivery,
+        carrier: Carrier<'_>,
         task: &DeliveryTask,
         redelivered: bool,
     ) -> Done {
-        let mut props = delivery.properties.clone();
+        let (data, mut props) = carrier.message(task);
         if redelivered {
             let mut headers = props.headers().clone().unwrap_or_default();
             headers.insert(REDELIVERED_HEADER.into(), AMQPValue::LongString("1".into()));
             props = props.with_headers(headers);
         }
         let (exchange, key) = self.topology.defer_route(task.webhook_id);
-        match publisher
-            .publish(&exchange, &key, &delivery.data, props)
-            .await
-        {
+        match publisher.publish(&exchange, &key, &data, props).await {
             Ok(()) => {
                 metrics::counter!("aioka_delivery_deferred_total").increment(1);
-                aioka_queue::ack(delivery).await;
-                Done::PutOff
+                Done::Ack
             }
             Err(_) => requeue_unless_closed(publisher),
         }
     }
 
-    /// Moves a message to the parking queue with `reason`.
-    async fn park(&self, publisher: &Publisher, delivery: &Delivery, reason: &str) -> Done {
-        match aioka_queue::park(publisher, &self.topology, delivery, "delivery", reason).await {
+    /// Moves the message (or, for a task of a batch, a message of its own) to the parking
+    /// queue with `reason`.
+    async fn park(
+        &self,
+        publisher: &Publisher,
+        carrier: Carrier<'_>,
+        task: Option<&DeliveryTask>,
+        reason: &str,
+    ) -> Done {
+        let delivery = carrier.delivery();
+        let (data, props) = match task {
+            Some(task) => carrier.message(task),
+            None => (
+                std::borrow::Cow::Borrowed(&delivery.data[..]),
+                delivery.properties.clone(),
+            ),
+        };
+        match aioka_queue::park_copy(
+            publisher,
+            &self.topology,
+            (&data, &props),
+            delivery.routing_key.as_str(),
+            "delivery",
+            reason,
+        )
+        .await
+        {
             Ok(()) => Done::Ack,
             Err(_) => requeue_unless_closed(publisher),
         }
@@ -242,7 +403,7 @@ impl Worker {
     async fn deliver(
         &self,
         publisher: &Publisher,
-        delivery: &Delivery,
+        carrier: Carrier<'_>,
         task: DeliveryTask,
         redelivered: bool,
     ) -> Done {
@@ -287,7 +448,7 @@ impl Worker {
                     // this copy ends) or its holder died (then the claim lapses).
                     metrics::counter!("aioka_delivery_claims_held_total").increment(1);
                     tracing::info!("attempt held by another copy; putting this one off");
-                    return self.put_off(publisher, delivery, &task, redelivered).await;
+                    return self.put_off(publisher, carrier, &task, redelivered).await;
                 }
             }
         }
@@ -306,7 +467,7 @@ impl Worker {
                 let reason =
                     "the webhook's secret does not decrypt with this service's security.secret_key";
                 tracing::error!(reason);
-                return self.park(publisher, delivery, reason).await;
+                return self.park(publisher, carrier, Some(&task), reason).await;
             }
         };
 

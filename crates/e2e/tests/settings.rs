@@ -51,6 +51,7 @@ fn values(ca: &TestCa, broker_url: &str) -> Vec<(&'static str, String)> {
         ("fanout.shutdown_grace", "7s".into()),
         ("fanout.prefetch", "2".into()),
         ("fanout.chunk_size", "500".into()),
+        ("fanout.batch_size", "20".into()),
         ("fanout.claim_lease", "12s".into()),
         ("delivery.shutdown_grace", "12s".into()),
         ("delivery.timeout", "8s".into()),

@@ -30,6 +30,7 @@ pub struct FanoutSettings {
     pub shutdown_grace: Duration,
     pub prefetch: u16,
     pub chunk_size: u32,
+    pub batch_size: u32,
     #[serde(deserialize_with = "duration")]
     pub claim_lease: Duration,
 }
@@ -56,6 +57,13 @@ impl Settings {
                 "fanout",
                 "chunk_size",
                 "must be 1 to 10000",
+            ));
+        }
+        if self.fanout.batch_size == 0 || self.fanout.batch_size > 1_000 {
+            return Err(SettingsError::invalid(
+                "fanout",
+                "batch_size",
+                "must be 1 to 1000",
             ));
         }
         if self.fanout.prefetch == 0 {

@@ -1,9 +1,10 @@
 //! The consumer loop and the fan-out of one event.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aioka_core::event::{DirectPublish, ValidEvent, parse_direct};
-use aioka_core::messages::{DeliveryTask, Task};
+use aioka_core::messages::{BatchTask, DeliveryTask, Task};
 use aioka_core::{DeliveryId, WebhookId};
 use aioka_queue::lapin::message::Delivery;
 use aioka_queue::{
@@ -275,7 +276,9 @@ impl Worker {
         Ok(count as u64)
     }
 
-    /// Hands one task per webhook to the broker; returns the confirms to wait for.
+    /// Hands the chunk's first attempts to the broker: batches of at most
+    /// `fanout.batch_size` webhooks of one shard (one task each when it is 1); returns the
+    /// confirms to wait for.
     async fn publish_tasks(
         &self,
         publisher: &Publisher,
@@ -284,25 +287,63 @@ impl Worker {
         webhooks: &[WebhookId],
     ) -> Result<Vec<Pending>, QueueError> {
         let headers = inject_trace_context();
-        let mut pending = Vec::with_capacity(webhooks.len());
+        let batch_size = self.settings.fanout.batch_size as usize;
+        let mut pending = Vec::new();
+        if batch_size <= 1 {
+            for webhook in webhooks {
+                let delivery_id = DeliveryId::for_pair(event.id, *webhook);
+                let (exchange, key) = self.topology.task_route(*webhook);
+                let task = Task::V1(
+                    DeliveryTask {
+                        delivery_id,
+                        event_id: event.id,
+                        webhook_id: *webhook,
+                        event_type: event.envelope.event,
+                        body: body.to_owned(),
+                        attempt: 1,
+                        series_start: 1,
+                        auth: None,
+                        test: false,
+                    }
+                    .authenticated(&self.task_key),
+                );
+                let props = persistent_json(Some(&delivery_id.to_string()), headers.clone());
+                pending.push(
+                    publisher
+                        .start(&exchange, &key, &task.to_bytes(), props)
+                        .await?,
+                );
+            }
+            return Ok(pending);
+        }
+        // Per shard, in the chunk's order; a batch goes out when it is full, the rest at the
+        // end of the chunk.
+        let mut open: BTreeMap<u16, Vec<WebhookId>> = BTreeMap::new();
+        let mut full = Vec::new();
         for webhook in webhooks {
-            let delivery_id = DeliveryId::for_pair(event.id, *webhook);
-            let (exchange, key) = self.topology.task_route(*webhook);
-            let task = Task::V1(
-                DeliveryTask {
-                    delivery_id,
+            let batch = open.entry(self.topology.shard_of(*webhook)).or_default();
+            batch.push(*webhook);
+            if batch.len() >= batch_size {
+                full.push(std::mem::take(batch));
+            }
+        }
+        full.extend(open.into_values().filter(|b| !b.is_empty()));
+        for batch in full {
+            let (exchange, key) = self.topology.task_route(batch[0]);
+            // The message id names the event and the batch's first delivery: unique per
+            // batch, stable when a chunk is published again.
+            let message_id = DeliveryId::for_pair(event.id, batch[0]);
+            let task = Task::V2(
+                BatchTask {
                     event_id: event.id,
-                    webhook_id: *webhook,
                     event_type: event.envelope.event,
                     body: body.to_owned(),
-                    attempt: 1,
-                    series_start: 1,
+                    webhooks: batch,
                     auth: None,
-                    test: false,
                 }
                 .authenticated(&self.task_key),
             );
-            let props = persistent_json(Some(&delivery_id.to_string()), headers.clone());
+            let props = persistent_json(Some(&message_id.to_string()), headers.clone());
             pending.push(
                 publisher
                     .start(&exchange, &key, &task.to_bytes(), props)

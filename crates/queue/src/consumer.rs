@@ -7,7 +7,7 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, Consumer};
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +67,30 @@ pub async fn park(
     source: &str,
     reason: &str,
 ) -> Result<(), QueueError> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    park_copy(
+        publisher,
+        topology,
+        (&delivery.data, &delivery.properties),
+        delivery.routing_key.as_str(),
+        source,
+        reason,
+    )
+    .await?;
+    ack(delivery).await;
+    Ok(())
+}
+
+/// Parks a message made from a received one (`data` and `properties`, which came with
+/// `routing_key`), such as one item of a batch, and acknowledges nothing.
+pub async fn park_copy(
+    publisher: &Publisher,
+    topology: &Topology,
+    (data, properties): (&[u8], &BasicProperties),
+    routing_key: &str,
+    source: &str,
+    reason: &str,
+) -> Result<(), QueueError> {
+    let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(
         ShortString::from(PARK_REASON_HEADER),
         AMQPValue::LongString(LongString::from(reason)),
@@ -78,19 +101,17 @@ pub async fn park(
     );
     headers.insert(
         ShortString::from("x-aioka-original-routing-key"),
-        AMQPValue::LongString(LongString::from(delivery.routing_key.as_str())),
+        AMQPValue::LongString(LongString::from(routing_key)),
     );
-    let properties = delivery
-        .properties
+    let properties = properties
         .clone()
         .with_headers(headers)
         .with_delivery_mode(2);
     publisher
-        .publish(&topology.parking_exchange(), "", &delivery.data, properties)
+        .publish(&topology.parking_exchange(), "", data, properties)
         .await?;
     tracing::warn!(source, reason, "message parked");
     metrics::counter!("aioka_messages_parked_total", "source" => source.to_owned()).increment(1);
-    ack(delivery).await;
     Ok(())
 }
 

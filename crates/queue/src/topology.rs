@@ -576,9 +576,30 @@ mod contract {
     }
 
     #[test]
+    fn the_documented_batch_parses_as_one_event_to_distinct_webhooks() {
+        let Task::V2(batch) =
+            Task::from_bytes(block("batch").as_bytes()).expect("the documented batch parses")
+        else {
+            panic!("the documented batch is version 2")
+        };
+        assert_eq!(batch.webhooks.len(), 2);
+        assert_ne!(batch.webhooks[0], batch.webhooks[1]);
+        let envelope = parse_direct(DirectPublish {
+            body: batch.body.as_bytes(),
+            routing_key: batch.event_type.as_str(),
+            message_id: None,
+        })
+        .expect("the batch's body is a valid envelope");
+        assert_eq!(envelope.envelope.event, batch.event_type);
+    }
+
+    #[test]
     fn the_documented_task_and_envelope_parse() {
         let Task::V1(task) =
-            Task::from_bytes(block("task").as_bytes()).expect("the documented task parses");
+            Task::from_bytes(block("task").as_bytes()).expect("the documented task parses")
+        else {
+            panic!("the documented task is version 1")
+        };
         assert_eq!(task.attempt, 1);
         assert_eq!(
             task.delivery_id,

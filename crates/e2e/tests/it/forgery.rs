@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aioka_core::event::EventType;
-use aioka_core::messages::{DeliveryTask, Task};
+use aioka_core::messages::{BatchTask, DeliveryTask, Task};
 use aioka_core::{DeliveryId, EncryptionKey, EventId, WebhookId};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
@@ -106,4 +106,62 @@ async fn the_services_work_as_broker_users_of_least_privilege() {
         .await;
     assert_eq!(response.status(), 202);
     receiver.wait_for(3, PATIENCE).await;
+}
+
+#[tokio::test]
+async fn a_batch_changed_after_tagging_or_naming_a_webhook_twice_is_parked_and_never_sent() {
+    let system = System::start().await;
+    let (receiver, _customer, producer, webhook, _) = system.subscriber(&["verdict.new"]).await;
+    let webhook_id: WebhookId = webhook.parse().unwrap();
+    let key = EncryptionKey::from_base64(system.env.get("AIOKA__SECURITY__SECRET_KEY").unwrap())
+        .unwrap()
+        .task_key();
+    let batch = |webhooks: Vec<WebhookId>| BatchTask {
+        event_id: EventId::new(),
+        event_type: EventType::VerdictNew,
+        body: r#"{"event":"verdict.new","data":{"forged":true}}"#.into(),
+        webhooks,
+        auth: None,
+    };
+    // Tagged for another webhook, then given ours: the tag covers the list.
+    let mut widened = batch(vec![WebhookId::new()]).authenticated(&key);
+    widened.webhooks.push(webhook_id);
+    // Our own tag, but our webhook twice: each task would be sent twice.
+    let twice = batch(vec![webhook_id, webhook_id]).authenticated(&key);
+    let connection = system.broker.connect().await;
+    let channel = connection.create_channel().await.unwrap();
+    let topology = system.broker.topology();
+    for forged in [widened, twice] {
+        channel
+            .basic_publish(
+                topology.deliveries_exchange().as_str().into(),
+                aioka_queue::DELIVERY_KEY.into(),
+                BasicPublishOptions::default(),
+                &Task::V2(forged).to_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    receiver.wait_for(1, PATIENCE).await;
+    let reasons: Vec<String> = aioka_e2e::parked(&channel, &topology, 2)
+        .await
+        .into_iter()
+        .map(|(reason, _)| reason)
+        .collect();
+    assert_eq!(reasons.len(), 2, "both forged batches parked: {reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("does not match")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("twice")), "{reasons:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = receiver.received();
+    assert_eq!(got.len(), 1, "only the real event arrived");
+    assert!(!String::from_utf8_lossy(&got[0].body).contains("forged"));
 }

@@ -1,6 +1,7 @@
 //! End-to-end tests; the harness is the crate's library.
 #![allow(clippy::unwrap_used)]
 
+mod batches;
 mod chains;
 mod delivery;
 mod faults;
