@@ -66,18 +66,8 @@ chaos_rabbit_fresh_start() {
   chaos_rabbit_start
 }
 
-# PostgreSQL refuses to run as root: as root the instance is the postgres user's.
-chaos_pg() { # pg_ctl or initdb arguments…
-  local tool=$1 bindir
-  shift
-  bindir="$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n1)"
-  [ -n "$bindir" ] || die "no PostgreSQL server binaries under /usr/lib/postgresql"
-  if is_root; then
-    runuser -u postgres -- "$bindir/$tool" "$@"
-  else
-    "$bindir/$tool" "$@"
-  fi
-}
+# The chaos instance's server tools (scripts/lib.sh, pg_server_tool).
+chaos_pg() { pg_server_tool "$@"; }
 
 chaos_pg_start() {
   if [ ! -s "$CHAOS_PG/data/PG_VERSION" ]; then

@@ -25,6 +25,21 @@ is_root() { [ "$(id -u)" = 0 ]; }
 have() { command -v "$1" >/dev/null 2>&1; }
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
+# A PostgreSQL server tool (initdb, pg_ctl) of the newest installed version, for instances
+# of our own (the chaos harness's, the bench's). PostgreSQL refuses to run as root: as root
+# the instance is the postgres user's.
+pg_server_tool() { # tool, then its arguments…
+  local tool=$1 bindir
+  shift
+  bindir="$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n1)"
+  [ -n "$bindir" ] || die "no PostgreSQL server binaries under /usr/lib/postgresql"
+  if is_root; then
+    runuser -u postgres -- "$bindir/$tool" "$@"
+  else
+    "$bindir/$tool" "$@"
+  fi
+}
+
 wait_port() { # host port seconds
   local i
   for ((i = 0; i < $3 * 4; i++)); do

@@ -2,7 +2,8 @@
 //!
 //! Memory is PSS from `/proc/<pid>/smaps_rollup` (shared pages split between the processes
 //! that share them, so PostgreSQL's many backends are not counted many times), summed over
-//! a group's pids and maximised over the run; CPU is user + system time spent during the run.
+//! a group's pids and maximised over the run; CPU is user + system time spent during the run,
+//! with that of the children each process reaped meanwhile.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,7 +38,11 @@ fn cpu_ticks(pid: u32) -> Option<u64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    // The children it has reaped too (cutime, cstime): PostgreSQL's postmaster reaps its
+    // short-lived workers (autovacuum), whose time would otherwise go unseen.
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
+    Some(utime + stime + cutime + cstime)
 }
 
 fn pss_kb(pid: u32) -> Option<u64> {
