@@ -72,8 +72,9 @@ print("Defaults of `config/default.toml` unless listed: delivery `max_in_flight`
       "`record_batch_size` 500, `record_flush_interval` 50ms; fanout `chunk_size` 1000, "
       "`batch_size` 50 (first attempts per broker message), `prefetch` 4; database `pool_size` "
       "16 per process; RabbitMQ as Debian installs it; PostgreSQL an instance of the bench's own, "
-      "made by initdb for the run with its defaults (autovacuum on, shared_buffers 128 MB: the "
-      "machine's server runs with autovacuum off). Overrides in this run:\n")
+      "made by initdb for the run with its defaults (autovacuum on: the machine's server runs with "
+      "autovacuum off) but for the production overlay's `shared_buffers` 2GB and `max_connections` 300. "
+      "Overrides in this run:\n")
 for k in sorted(env):
     if "SECRET" in k or "URL" in k:
         continue
