@@ -11,7 +11,10 @@
 #                       they can reach)
 
 CHAOS_STATE="${AIOKA_CHAOS_STATE:-/var/tmp/aioka-chaos}"
-CHAOS_AMQP_PORT=26672
+# AMQP 6672, so its distribution port (+20000: 26672) is below the kernel's ephemeral range
+# (32768-60999): at 46672 an outgoing connection of any process could hold the port when the
+# node starts (a CI run saw that for a cluster node: dist_port_already_used, not_erlang).
+CHAOS_AMQP_PORT=6672
 CHAOS_PG_PORT=25432
 CHAOS_NODE=aiokachaos@localhost
 CHAOS_RABBIT="$CHAOS_STATE/rabbitmq"

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # A RabbitMQ cluster of three nodes of our own on this machine, beside the machine's node
-# (rabbit@localhost, 5672/25672) and the chaos node (aiokachaos@localhost, 26672/46672),
+# (rabbit@localhost, 5672/25672) and the chaos node (aiokachaos@localhost, 6672/26672),
 # neither of which it touches. Sourced after lib.sh by scripts/cluster and scripts/up, and
 # by anything that wants a cluster of its own (a fault harness): set the variables below
 # before sourcing, then call cluster_start / cluster_stop / cluster_status / cluster_urls.
