@@ -22,7 +22,7 @@ pub use deliveries::{
     RecordedAttempt, Resend, ResendError,
 };
 pub use error::StoreError;
-pub use events::{Claim, ClaimGuard, EventSource, NewEvent, Progress};
+pub use events::{Claim, ClaimGuard, EventSource, NewEvent, Progress, subscribers_query};
 pub use keys::{KeyRecord, NewKey};
 pub use listen::{WEBHOOK_CHANGED, listen_webhook_changes};
 pub use partitions::{
