@@ -6,12 +6,14 @@
 //! **Invariant:** a task is acknowledged only after its attempt record is committed and then
 //! its retry (if any) is confirmed by the broker; only the first record of an attempt starts
 //! its retry, so a redelivered task never forks its chain.
-//! **Invariant:** in-flight attempts are bounded by the consumer prefetch
-//! (`delivery.max_in_flight`), so memory and connections stay flat under any backlog.
+//! **Invariant:** in-flight attempts are bounded by `delivery.max_in_flight` (the fast lane)
+//! plus `delivery.slow_lane_in_flight` (attempts past `delivery.slow_after`), so memory and
+//! connections stay flat under any backlog, and endpoints that hang cost healthy ones nothing.
 #![forbid(unsafe_code)]
 
 mod cache;
 pub mod client;
+mod lanes;
 mod recorder;
 pub mod settings;
 mod slots;
@@ -95,14 +97,20 @@ pub async fn run(
         shards: settings.shards()?,
         topology,
         schedule,
-        max_in_flight: d.max_in_flight,
+        // Slow attempts leave their fast permits to healthy ones, so the prefetch covers
+        // both lanes: retries of hanging endpoints never hold every message in hand.
+        prefetch: d.max_in_flight + d.slow_lane_in_flight,
         grace: d.shutdown_grace,
         slots: slots::Slots::new(
             d.max_in_flight,
             d.max_in_flight_per_webhook,
             metrics::gauge!("aioka_delivery_in_flight"),
         ),
-        attempts: tokio::sync::Semaphore::new(usize::from(d.max_in_flight)),
+        lanes: lanes::Lanes::new(
+            usize::from(d.max_in_flight),
+            usize::from(d.slow_lane_in_flight),
+            d.slow_after,
+        ),
         cache,
         sender: client::Sender::new(&d, settings.security.allow_private_targets)?,
         recorder,

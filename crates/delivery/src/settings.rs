@@ -34,6 +34,11 @@ pub struct DeliverySettings {
     pub disable_after: u32,
     pub max_in_flight: u16,
     pub max_in_flight_per_webhook: u16,
+    /// An attempt without an answer after this long leaves the fast lane for the slow one.
+    #[serde(deserialize_with = "duration")]
+    pub slow_after: Duration,
+    /// Attempts in the slow lane at once, beyond `max_in_flight`.
+    pub slow_lane_in_flight: u16,
     pub response_snippet_bytes: usize,
     pub max_response_bytes: usize,
     pub extra_root_certs: String,
@@ -179,6 +184,15 @@ impl Settings {
         if d.max_in_flight == 0 {
             return invalid("max_in_flight", "must be at least 1");
         }
+        if d.slow_after.is_zero() {
+            return invalid("slow_after", "must be more than 0");
+        }
+        if u32::from(d.max_in_flight) + u32::from(d.slow_lane_in_flight) > u32::from(u16::MAX) {
+            return invalid(
+                "slow_lane_in_flight",
+                "with delivery.max_in_flight must be at most 65535 (together they are the consumer prefetch)",
+            );
+        }
         if d.max_in_flight_per_webhook == 0 {
             return invalid("max_in_flight_per_webhook", "must be at least 1");
         }
@@ -256,6 +270,28 @@ mod tests {
         );
         let settings: Settings = aioka_runtime::settings::load_from(env).unwrap();
         settings.validate()
+    }
+
+    #[test]
+    fn the_slow_lane_is_checked_naming_the_setting() {
+        assert!(with(&[("AIOKA__DELIVERY__SLOW_LANE_IN_FLIGHT", "0")]).is_ok());
+        for (pairs, named) in [
+            (
+                &[("AIOKA__DELIVERY__SLOW_AFTER", "0s")][..],
+                "DELIVERY__SLOW_AFTER",
+            ),
+            // Together they are the prefetch, a 16-bit count.
+            (
+                &[
+                    ("AIOKA__DELIVERY__MAX_IN_FLIGHT", "40000"),
+                    ("AIOKA__DELIVERY__SLOW_LANE_IN_FLIGHT", "30000"),
+                ][..],
+                "DELIVERY__SLOW_LANE_IN_FLIGHT",
+            ),
+        ] {
+            let e = with(pairs).expect_err(&format!("{pairs:?} is refused"));
+            assert!(e.to_string().contains(named), "{pairs:?}: {e}");
+        }
     }
 
     #[test]

@@ -24,7 +24,9 @@ use tracing::Instrument;
 
 use crate::cache::{Cache, Target};
 use crate::client::Sender;
+use crate::lanes::Permit;
 use crate::recorder::{Recorded, Recorder};
+use crate::slots::Slot;
 
 pub(crate) struct Worker {
     pub amqp_url: String,
@@ -32,14 +34,16 @@ pub(crate) struct Worker {
     pub shards: crate::settings::Shards,
     pub topology: Topology,
     pub schedule: RetrySchedule,
-    pub max_in_flight: u16,
+    /// Messages in hand at most: both lanes' attempts.
+    pub prefetch: u16,
     pub grace: Duration,
     /// Each webhook's share of this process's attempts in flight.
     pub slots: crate::slots::Slots,
-    /// This process's attempts in flight, `max_in_flight` at most: a message may carry a
-    /// batch of tasks, so the prefetch (in messages) alone does not bound them. An item of a
-    /// batch waits here as a webhook id; its task is built when it gets a permit.
-    pub attempts: tokio::sync::Semaphore,
+    /// This process's attempts in flight: `max_in_flight` in the fast lane, and those that
+    /// run past `slow_after` in the slow lane (`crate::lanes`). A message may carry a batch
+    /// of tasks, so the prefetch (in messages) alone does not bound them. An item of a batch
+    /// waits here as a webhook id; its task is built when it gets a permit.
+    pub lanes: crate::lanes::Lanes,
     pub cache: Cache,
     pub sender: Sender,
     pub recorder: Recorder,
@@ -165,7 +169,7 @@ impl Worker {
                 .map(|s| self.topology.shard_queue(s))
                 .collect(),
             drain_leftover_shards: self.shards.is_all(),
-            prefetch: self.max_in_flight,
+            prefetch: self.prefetch,
             grace: self.grace,
         };
         run_consumer(
@@ -259,7 +263,7 @@ impl Worker {
         for i in 0..batch.webhooks.len() {
             let permit = loop {
                 tokio::select! {
-                    permit = self.attempts.acquire() => break permit,
+                    permit = self.lanes.acquire() => break permit,
                     Some(done) = running.next(), if !running.is_empty() => ended.push(done),
                 }
             };
@@ -268,10 +272,15 @@ impl Worker {
                 break;
             };
             running.push(async move {
-                let _permit = permit;
                 let task = batch.item(i, &self.task_key);
-                self.start_task(publisher, Carrier::Batch(delivery), task, redelivered)
-                    .await
+                self.start_task(
+                    publisher,
+                    Carrier::Batch(delivery),
+                    task,
+                    redelivered,
+                    permit,
+                )
+                .await
             });
         }
         while let Some(done) = running.next().await {
@@ -288,18 +297,21 @@ impl Worker {
         task: DeliveryTask,
         redelivered: bool,
     ) -> Done {
-        let Ok(_permit) = self.attempts.acquire().await else {
+        let Ok(permit) = self.lanes.acquire().await else {
             return Done::Requeue;
         };
-        self.start_task(publisher, carrier, task, redelivered).await
+        self.start_task(publisher, carrier, task, redelivered, permit)
+            .await
     }
 
+    /// One task holding `permit` (given back when it ends).
     async fn start_task(
         &self,
         publisher: &Publisher,
         carrier: Carrier<'_>,
         task: DeliveryTask,
         redelivered: bool,
+        permit: Permit<'_>,
     ) -> Done {
         let span = tracing::info_span!(
             "deliver",
@@ -308,12 +320,12 @@ impl Worker {
             attempt = task.attempt,
         );
         extract_trace_context(carrier.delivery().properties.headers().as_ref(), &span);
-        let Some(_slot) = self.slots.take(task.webhook_id).await else {
+        let Some(slot) = self.slots.take(task.webhook_id).await else {
             // This webhook has had its share of our slots for a second, or too many tasks wait
             // for them already: put the task off, unattempted.
             return self.put_off(publisher, carrier, &task, redelivered).await;
         };
-        self.deliver(publisher, carrier, task, redelivered)
+        self.deliver(publisher, carrier, task, redelivered, permit, slot)
             .instrument(span)
             .await
     }
@@ -406,6 +418,8 @@ impl Worker {
         carrier: Carrier<'_>,
         task: DeliveryTask,
         redelivered: bool,
+        mut permit: Permit<'_>,
+        slot: Slot<'_>,
     ) -> Done {
         // A redelivered task may have been sent and recorded by a process that died before
         // acking it, and a retry may be a copy of one already made or being made: before
@@ -472,7 +486,14 @@ impl Worker {
         };
 
         let at = attempt_time();
-        let result = self.sender.send(url, &task, secret).await;
+        let result = self
+            .lanes
+            .run(&mut permit, self.sender.send(url, &task, secret))
+            .await;
+        // The endpoint has answered (or the attempt ended): the webhook's share counts
+        // requests at its server, so the next task for it may go while this one is recorded.
+        // The permit is held until the record is written, which bounds the work in hand.
+        drop(slot);
         metrics::counter!(
             "aioka_delivery_attempts_total",
             "result" => if result.outcome == Outcome::Success { "success" } else { result.error_kind.unwrap_or("failure") },

@@ -59,6 +59,8 @@ fn values(ca: &TestCa, broker_url: &str) -> Vec<(&'static str, String)> {
         ("delivery.disable_after", "5".into()),
         ("delivery.max_in_flight", "512".into()),
         ("delivery.max_in_flight_per_webhook", "4".into()),
+        ("delivery.slow_after", "2s".into()),
+        ("delivery.slow_lane_in_flight", "1024".into()),
         ("delivery.response_snippet_bytes", "512".into()),
         ("delivery.max_response_bytes", "32768".into()),
         ("delivery.tls_ticket_bytes", "1048576".into()),

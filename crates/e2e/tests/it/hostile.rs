@@ -223,3 +223,60 @@ async fn a_hanging_endpoint_does_not_hold_back_healthy_ones() {
     let first_timeout_ends = at_most_two[0].at + Duration::from_secs(5);
     assert!(delivered.iter().all(|r| r.at < first_timeout_ends));
 }
+
+#[tokio::test]
+async fn attempts_that_hang_give_their_fast_lane_places_to_healthy_ones() {
+    // Two places in the fast lane, both taken by attempts to an endpoint that hangs until
+    // the 8 s timeout: past the 200 ms of slow_after they move to the slow lane, and the
+    // healthy endpoint's deliveries go through while they still hang. With no slow lane
+    // (watched: AIOKA__DELIVERY__SLOW_LANE_IN_FLIGHT=0) every healthy delivery waits for
+    // the timeout.
+    let system = System::start_with(Options {
+        schedule: "",
+        env: vec![
+            ("AIOKA__DELIVERY__TIMEOUT", "8s".into()),
+            ("AIOKA__DELIVERY__SHUTDOWN_GRACE", "8s".into()),
+            ("AIOKA__DELIVERY__MAX_IN_FLIGHT", "2".into()),
+            ("AIOKA__DELIVERY__MAX_IN_FLIGHT_PER_WEBHOOK", "2".into()),
+            ("AIOKA__DELIVERY__SLOW_AFTER", "200ms".into()),
+            ("AIOKA__DELIVERY__SLOW_LANE_IN_FLIGHT", "4".into()),
+        ],
+        ..Options::default()
+    })
+    .await;
+    let hanging = system.receiver().await;
+    hanging.delay(Duration::from_secs(60));
+    let healthy = system.receiver().await;
+    let customer = system.customer().await;
+    let producer = system.producer().await;
+    system
+        .register(&customer, &hanging.url, &["macro.alert"])
+        .await;
+    system
+        .register(&customer, &healthy.url, &["council.new"])
+        .await;
+    for _ in 0..2 {
+        system
+            .publish(&producer, sample(EventType::MacroAlert))
+            .await;
+    }
+    // Both places are taken by the hanging attempts.
+    let held = hanging.wait_for(2, PATIENCE).await;
+    for _ in 0..6 {
+        system
+            .publish(&producer, sample(EventType::CouncilNew))
+            .await;
+    }
+    let delivered = healthy.wait_for(6, PATIENCE).await;
+    assert_eq!(delivered.len(), 6);
+    let first_timeout_ends = held[0].at + Duration::from_secs(8);
+    assert!(
+        delivered.iter().all(|r| r.at < first_timeout_ends),
+        "healthy deliveries waited for the hanging attempts' timeout"
+    );
+    assert_eq!(
+        hanging.received().len(),
+        2,
+        "no hanging attempt ended or repeated"
+    );
+}
