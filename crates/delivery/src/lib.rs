@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod cache;
+mod claims;
 pub mod client;
 mod lanes;
 mod recorder;
@@ -92,6 +93,16 @@ pub async fn run(
         }
         .run(background.clone()),
     );
+    // A send takes at most connect_timeout + timeout; its record is written within the
+    // recorder's flush interval unless the database is out.
+    let claim_lease = d.connect_timeout + d.timeout + std::time::Duration::from_secs(20);
+    let (claimer, _claims) = claims::Claimer::start(
+        store.clone(),
+        claim_lease,
+        d.record_batch_size,
+        d.record_flush_interval,
+        d.record_writers,
+    );
     let worker = Arc::new(worker::Worker {
         amqp_url: settings.amqp.nodes(),
         shards: settings.shards()?,
@@ -114,11 +125,9 @@ pub async fn run(
         cache,
         sender: client::Sender::new(&d, settings.security.allow_private_targets)?,
         recorder,
+        claimer,
         task_key,
         store,
-        // A send takes at most connect_timeout + timeout; its record is written within
-        // the recorder's flush interval unless the database is out.
-        claim_lease: d.connect_timeout + d.timeout + std::time::Duration::from_secs(20),
         health,
         stopping: shutdown.clone(),
     });

@@ -89,18 +89,7 @@ async fn write_loop(
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(writers.max(1)));
     let mut running = tokio::task::JoinSet::new();
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let deadline = tokio::time::sleep(flush_interval);
-        tokio::pin!(deadline);
-        while batch.len() < batch_size {
-            tokio::select! {
-                _ = &mut deadline => break,
-                next = rx.recv() => match next {
-                    Some(item) => batch.push(item),
-                    None => break,
-                },
-            }
-        }
+        let batch = gather(&mut rx, first, batch_size, flush_interval).await;
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
@@ -114,6 +103,29 @@ async fn write_loop(
     }
     // The channel closed (shutdown): let the batches in their transactions finish.
     while running.join_next().await.is_some() {}
+}
+
+/// A batch: `first` and whatever else arrives within `wait` of it, up to `max` items (or
+/// until the channel closes).
+pub(crate) async fn gather<T>(
+    rx: &mut mpsc::Receiver<T>,
+    first: T,
+    max: usize,
+    wait: Duration,
+) -> Vec<T> {
+    let mut batch = vec![first];
+    let deadline = tokio::time::sleep(wait);
+    tokio::pin!(deadline);
+    while batch.len() < max {
+        tokio::select! {
+            _ = &mut deadline => break,
+            next = rx.recv() => match next {
+                Some(item) => batch.push(item),
+                None => break,
+            },
+        }
+    }
+    batch
 }
 
 async fn write_batch(

@@ -47,13 +47,14 @@ pub(crate) struct Worker {
     pub cache: Cache,
     pub sender: Sender,
     pub recorder: Recorder,
+    /// Claims the attempts of retries and redelivered tasks, in batches (`crate::claims`);
+    /// a claim holds longer than a send and its record take, so only a claimer that died
+    /// loses it.
+    pub claimer: crate::claims::Claimer,
     /// Checks that a task was tagged by fanout or the gateway.
     pub task_key: aioka_core::TaskKey,
     /// For the state of deliveries whose tasks may be repeats (redelivered, or retries).
     pub store: Store,
-    /// How long a claim on an attempt holds (`Store::claim_attempt`): longer than a send
-    /// and its record take, so only a claimer that died loses it.
-    pub claim_lease: Duration,
     pub health: Health,
     /// Cancelled on shutdown: work held for a dependency gives up and requeues.
     pub stopping: CancellationToken,
@@ -423,7 +424,7 @@ impl Worker {
     ) -> Done {
         // A redelivered task may have been sent and recorded by a process that died before
         // acking it, and a retry may be a copy of one already made or being made: before
-        // sending, claim the attempt (one statement; of two copies asking at once one wins).
+        // sending, claim the attempt (in a batch of claims; of two copies asking at once one wins).
         // The copy `resume_chain` publishes after a lost ack, or a chunk fanout republished
         // after a broker outage, then never sends an attempt a second time while the process
         // holding it lives. First attempts that come for the first time (nearly all of the
@@ -431,12 +432,11 @@ impl Worker {
         if redelivered || task.attempt_in_series() > 1 {
             let Some(claim) = self
                 .through_outage("claiming the attempt", || {
-                    self.store.claim_attempt(
-                        task.event_id,
-                        task.delivery_id,
-                        task.attempt,
-                        self.claim_lease,
-                    )
+                    self.claimer.claim(aioka_store::ClaimAsk {
+                        event: task.event_id,
+                        delivery: task.delivery_id,
+                        attempt: task.attempt,
+                    })
                 })
                 .await
             else {

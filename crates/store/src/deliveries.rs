@@ -143,6 +143,15 @@ pub struct AttemptClaim {
     pub outcome: ClaimOutcome,
 }
 
+/// One attempt a task asks to claim ([`Store::claim_attempts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimAsk {
+    /// The delivery's event: it gives the partition.
+    pub event: EventId,
+    pub delivery: DeliveryId,
+    pub attempt: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// The caller holds attempt n until the lease ends: it sends it.
@@ -261,6 +270,62 @@ pub struct DeliveryTarget {
     pub key_revoked: bool,
     /// The owner's key is on the Free tier, which has no webhooks.
     pub key_free_tier: bool,
+}
+
+/// [`Store::claim_attempts`]' statement: the asks as arrays (delivery, attempt, event),
+/// answered one row each in the order asked. The reads see the rows as they were before the
+/// claim (a data-modifying CTE's effects are not visible to its own statement).
+const CLAIM_ATTEMPTS: &str = "
+    WITH u AS (
+        SELECT u.delivery_id, u.attempt, u.ord,
+               (SELECT received_at FROM events WHERE id = u.event_id) AS at
+        FROM unnest($1::uuid[], $2::int4[], $3::uuid[]) WITH ORDINALITY
+             AS u(delivery_id, attempt, event_id, ord)),
+    claim AS (
+        UPDATE deliveries d
+        SET claimed_attempt = u.attempt,
+            claim_until = now() + make_interval(secs => $4::bigint / 1000.0)
+        FROM u
+        WHERE d.id = u.delivery_id AND d.event_received_at = u.at AND d.attempts < u.attempt
+          AND d.status = 'pending'
+          AND (d.claimed_attempt IS NULL OR d.claimed_attempt < u.attempt
+               OR d.claim_until <= now())
+        RETURNING d.id)
+    SELECT d.attempts, a.attempted_at, a.next_retry_at,
+           EXISTS (SELECT 1 FROM claim c WHERE c.id = u.delivery_id),
+           d.status
+    FROM u
+    LEFT JOIN deliveries d ON d.id = u.delivery_id AND d.event_received_at = u.at
+    LEFT JOIN delivery_attempts a
+           ON a.delivery_id = u.delivery_id AND a.attempt = u.attempt
+          AND a.event_received_at = u.at
+    ORDER BY u.ord";
+
+/// One answer of [`CLAIM_ATTEMPTS`] for attempt `attempt`.
+fn claim_from_row(row: &tokio_postgres::Row, attempt: u32) -> Result<AttemptClaim, StoreError> {
+    let made: Option<i32> = row.try_get(0)?;
+    let at: Option<DateTime<Utc>> = row.try_get(1)?;
+    let claimed: bool = row.try_get(3)?;
+    let ended = row
+        .try_get::<_, Option<String>>(4)?
+        .is_some_and(|status| status != DeliveryStatus::Pending.as_str());
+    let state = ChainState {
+        attempts_made: made.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
+        recorded: at.map(|at| RecordedAttempt {
+            at,
+            next_retry_at: row.try_get(2).ok().flatten(),
+        }),
+    };
+    let outcome = if claimed {
+        ClaimOutcome::Claimed
+    } else if made.is_none() {
+        ClaimOutcome::NoRow
+    } else if state.recorded.is_some() || state.attempts_made >= attempt || ended {
+        ClaimOutcome::Made
+    } else {
+        ClaimOutcome::HeldByOther
+    };
+    Ok(AttemptClaim { state, outcome })
 }
 
 fn to_i32(n: u32) -> i32 {
@@ -429,10 +494,7 @@ impl Store {
     }
 
     /// Reads the chain like [`Store::chain_state`] and, unless attempt `attempt` (or a later
-    /// one) is recorded, claims it for `lease`: one statement, so of two copies of a task
-    /// that ask at once exactly one gets the claim (the other's update waits for the first
-    /// and then finds the claim taken). A lapsed claim (its holder died before recording)
-    /// is taken over.
+    /// one) is recorded, claims it for `lease`. One ask of [`Store::claim_attempts`].
     #[tracing::instrument(skip_all, fields(delivery_id = %delivery, attempt))]
     pub async fn claim_attempt(
         &self,
@@ -441,61 +503,68 @@ impl Store {
         attempt: u32,
         lease: std::time::Duration,
     ) -> Result<AttemptClaim, StoreError> {
-        let client = self.pool.get().await?;
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let row = client
-            .query_one(
-                "WITH k AS (SELECT (SELECT received_at FROM events WHERE id = $3) AS at),
-                 claim AS (
-                     UPDATE deliveries d
-                     SET claimed_attempt = $2,
-                         claim_until = now() + make_interval(secs => $4::bigint / 1000.0)
-                     FROM k
-                     WHERE d.id = $1 AND d.event_received_at = k.at AND d.attempts < $2
-                       AND d.status = 'pending'
-                       AND (d.claimed_attempt IS NULL OR d.claimed_attempt < $2
-                            OR d.claim_until <= now())
-                     RETURNING d.id)
-                 SELECT (SELECT attempts FROM deliveries
-                         WHERE id = $1 AND event_received_at = k.at),
-                        a.attempted_at, a.next_retry_at,
-                        EXISTS (SELECT 1 FROM claim),
-                        (SELECT status FROM deliveries
-                         WHERE id = $1 AND event_received_at = k.at)
-                 FROM k
-                 LEFT JOIN delivery_attempts a
-                        ON a.delivery_id = $1 AND a.attempt = $2 AND a.event_received_at = k.at",
-                &[
-                    &delivery.as_uuid(),
-                    &to_i32(attempt),
-                    &event.as_uuid(),
-                    &lease_ms,
-                ],
+        let mut claims = self
+            .claim_attempts(
+                &[ClaimAsk {
+                    event,
+                    delivery,
+                    attempt,
+                }],
+                lease,
             )
             .await?;
-        let made: Option<i32> = row.try_get(0)?;
-        let at: Option<DateTime<Utc>> = row.try_get(1)?;
-        let claimed: bool = row.try_get(3)?;
-        let ended = row
-            .try_get::<_, Option<String>>(4)?
-            .is_some_and(|status| status != DeliveryStatus::Pending.as_str());
-        let state = ChainState {
-            attempts_made: made.map_or(0, |n| u32::try_from(n).unwrap_or(0)),
-            recorded: at.map(|at| RecordedAttempt {
-                at,
-                next_retry_at: row.try_get(2).ok().flatten(),
-            }),
-        };
-        let outcome = if claimed {
-            ClaimOutcome::Claimed
-        } else if made.is_none() {
-            ClaimOutcome::NoRow
-        } else if state.recorded.is_some() || state.attempts_made >= attempt || ended {
-            ClaimOutcome::Made
-        } else {
-            ClaimOutcome::HeldByOther
-        };
-        Ok(AttemptClaim { state, outcome })
+        claims
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("a claim without an answer".into()))
+    }
+
+    /// For each ask, in order: reads the chain like [`Store::chain_state`] and, unless the
+    /// attempt (or a later one) is recorded, claims it for `lease`. One statement per round,
+    /// so of two copies of a task that ask at once exactly one gets the claim (the other's
+    /// update waits for the first and then finds the claim taken). A lapsed claim (its
+    /// holder died before recording) is taken over.
+    ///
+    /// A delivery asked about more than once is asked in a later round (one statement
+    /// updates a row once): the second copy of an attempt finds the first's claim, as it
+    /// would had it asked a moment later.
+    #[tracing::instrument(skip_all, fields(asks = asks.len()))]
+    pub async fn claim_attempts(
+        &self,
+        asks: &[ClaimAsk],
+        lease: std::time::Duration,
+    ) -> Result<Vec<AttemptClaim>, StoreError> {
+        let mut answers: Vec<Option<AttemptClaim>> = vec![None; asks.len()];
+        let mut left: Vec<usize> = (0..asks.len()).collect();
+        let client = self.pool.get().await?;
+        let statement = client.prepare_cached(CLAIM_ATTEMPTS).await?;
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        while !left.is_empty() {
+            let mut seen = HashSet::new();
+            let (round, later): (Vec<usize>, Vec<usize>) = left
+                .into_iter()
+                .partition(|&i| seen.insert(asks[i].delivery));
+            left = later;
+            let deliveries: Vec<Uuid> = round.iter().map(|&i| asks[i].delivery.as_uuid()).collect();
+            let attempts: Vec<i32> = round.iter().map(|&i| to_i32(asks[i].attempt)).collect();
+            let events: Vec<Uuid> = round.iter().map(|&i| asks[i].event.as_uuid()).collect();
+            let rows = client
+                .query(&statement, &[&deliveries, &attempts, &events, &lease_ms])
+                .await?;
+            if rows.len() != round.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "{} claims answered for {} asked",
+                    rows.len(),
+                    round.len()
+                )));
+            }
+            for (row, &i) in rows.iter().zip(&round) {
+                answers[i] = Some(claim_from_row(row, asks[i].attempt)?);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.ok_or_else(|| StoreError::Corrupt("a claim without an answer".into())))
+            .collect()
     }
 
     /// The send targets of `ids` (found ones only; deleted ones are returned as deleted).
@@ -506,15 +575,15 @@ impl Store {
     ) -> Result<Vec<DeliveryTarget>, StoreError> {
         let uuids: Vec<Uuid> = ids.iter().map(|w| w.as_uuid()).collect();
         let client = self.pool.get().await?;
-        let rows = client
-            .query(
+        let statement = client
+            .prepare_cached(
                 "SELECT w.id, w.url, w.secret_sealed, w.is_active, w.deleted_at IS NOT NULL,
                         k.revoked_at IS NOT NULL, k.tier = 'free'
                  FROM webhooks w JOIN api_keys k ON k.id = w.api_key_id
                  WHERE w.id = ANY($1)",
-                &[&uuids],
             )
             .await?;
+        let rows = client.query(&statement, &[&uuids]).await?;
         rows.iter()
             .map(|r| {
                 Ok(DeliveryTarget {
@@ -787,7 +856,7 @@ type Timed = Vec<(DateTime<Utc>, Outcome)>;
 /// Inserts the attempt rows of `records` (skips have none), in the order the attempts
 /// happened. Returns the attempts that were new; one already stored is left as it was.
 async fn insert_attempts(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     records: &[AttemptRecord],
 ) -> Result<HashSet<(DeliveryId, u32)>, StoreError> {
     let mut a_delivery = Vec::new();
@@ -830,8 +899,8 @@ async fn insert_attempts(
     // Without foreign keys (V3) the writer checks that the event and the webhook exist; an
     // unpublished test event is removed with its deliveries, and its late records with it,
     // as is an event past the retention. The event gives the partition key.
-    let rows = tx
-        .query(
+    let statement = tx
+        .prepare_cached(
             "INSERT INTO delivery_attempts (delivery_id, attempt, attempted_at, status_code,
                                             error_kind, latency_ms, response_snippet, next_retry_at,
                                             event_received_at)
@@ -849,6 +918,11 @@ async fn insert_attempts(
              ORDER BY u.ord
              ON CONFLICT (delivery_id, attempt, event_received_at) DO NOTHING
              RETURNING delivery_id, attempt",
+        )
+        .await?;
+    let rows = tx
+        .query(
+            &statement,
             &[
                 &a_delivery,
                 &a_event,
@@ -877,7 +951,7 @@ async fn insert_attempts(
 /// Moves each delivery of `records` to the state of its newest record (creating its row on
 /// its first attempt). Rows created here get their log order (seq) in attempt order.
 async fn upsert_deliveries(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     records: &[&AttemptRecord],
 ) -> Result<(), StoreError> {
     let mut latest: HashMap<DeliveryId, &AttemptRecord> = HashMap::new();
@@ -922,8 +996,9 @@ async fn upsert_deliveries(
             }
         }
     }
-    tx.execute(
-        "INSERT INTO deliveries AS d (id, event_id, webhook_id, status, attempts,
+    let statement = tx
+        .prepare_cached(
+            "INSERT INTO deliveries AS d (id, event_id, webhook_id, status, attempts,
                                       last_attempt_at, next_attempt_at, skip_reason,
                                       event_received_at)
          SELECT u.id, u.event_id, u.webhook_id, u.status, u.attempts, u.last_at, u.next_at, u.skip,
@@ -942,6 +1017,10 @@ async fn upsert_deliveries(
              updated_at = now()
          WHERE d.attempts <= EXCLUDED.attempts
            AND NOT (d.status = 'succeeded' AND d.attempts = EXCLUDED.attempts)",
+        )
+        .await?;
+    tx.execute(
+        &statement,
         &[
             &d_id,
             &d_event,
@@ -966,7 +1045,7 @@ struct Locked {
 /// Locks the rows of every webhook `records` attempted (skips change no count), in id order,
 /// and reads their failure histories.
 async fn lock_webhooks(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     records: &[AttemptRecord],
 ) -> Result<HashMap<WebhookId, Locked>, StoreError> {
     let mut ids: Vec<Uuid> = records
@@ -979,13 +1058,13 @@ async fn lock_webhooks(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = tx
-        .query(
+    let statement = tx
+        .prepare_cached(
             "SELECT id, is_active, failures_counted_since, failure_times FROM webhooks
              WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-            &[&ids],
         )
         .await?;
+    let rows = tx.query(&statement, &[&ids]).await?;
     rows.iter()
         .map(|row| {
             Ok((
@@ -1007,7 +1086,7 @@ async fn lock_webhooks(
 /// [`DisableRule::apply`]), and disables the webhooks that reached the threshold. Writes
 /// only the rows whose history changed; returns the webhooks it disabled.
 async fn count_failures(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &deadpool_postgres::Transaction<'_>,
     records: &[&AttemptRecord],
     histories: HashMap<WebhookId, Locked>,
     rule: DisableRule,
@@ -1058,8 +1137,9 @@ async fn count_failures(
     }
     // unnest cannot take an array of arrays of differing lengths: each history travels as
     // an array literal and is cast back.
-    tx.execute(
-        "UPDATE webhooks AS w SET
+    let statement = tx
+        .prepare_cached(
+            "UPDATE webhooks AS w SET
              failures_counted_since = u.since,
              failure_times = u.times::timestamptz[],
              consecutive_failures = u.count,
@@ -1070,6 +1150,10 @@ async fn count_failures(
          FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::int4[], $5::bool[], $6::text[])
               AS u(id, since, times, count, disable, reason)
          WHERE w.id = u.id",
+        )
+        .await?;
+    tx.execute(
+        &statement,
         &[&u_id, &u_since, &u_times, &u_count, &u_disable, &u_reason],
     )
     .await?;

@@ -129,10 +129,15 @@ impl Store {
         holder: uuid::Uuid,
     ) -> Result<Claim, StoreError> {
         let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "INSERT INTO events (id, event_type, occurred_at, body, source)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+            )
+            .await?;
         client
             .execute(
-                "INSERT INTO events (id, event_type, occurred_at, body, source)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                &statement,
                 &[
                     &event.id.as_uuid(),
                     &event.event_type.as_str(),
@@ -142,16 +147,18 @@ impl Store {
                 ],
             )
             .await?;
-        let claimed = client
-            .query_opt(
+        let statement = client
+            .prepare_cached(
                 "UPDATE events SET fanout_lease_until = now() + $2::float8 * interval '1 second',
-                                  fanout_holder = $3
-                 WHERE id = $1 AND fanned_out_at IS NULL
-                   AND (fanout_lease_until IS NULL OR fanout_lease_until < now()
-                        OR fanout_holder = $3)
-                 RETURNING fanout_cursor",
-                &[&event.id.as_uuid(), &seconds(lease), &holder],
+                                      fanout_holder = $3
+                     WHERE id = $1 AND fanned_out_at IS NULL
+                       AND (fanout_lease_until IS NULL OR fanout_lease_until < now()
+                            OR fanout_holder = $3)
+                     RETURNING fanout_cursor",
             )
+            .await?;
+        let claimed = client
+            .query_opt(&statement, &[&event.id.as_uuid(), &seconds(lease), &holder])
             .await?;
         if let Some(row) = claimed {
             let cursor: Option<uuid::Uuid> = row.try_get(0)?;
@@ -159,11 +166,11 @@ impl Store {
                 cursor: cursor.map(WebhookId::from_uuid),
             });
         }
+        let statement = client
+            .prepare_cached("SELECT fanned_out_at IS NOT NULL FROM events WHERE id = $1")
+            .await?;
         let done: bool = client
-            .query_one(
-                "SELECT fanned_out_at IS NOT NULL FROM events WHERE id = $1",
-                &[&event.id.as_uuid()],
-            )
+            .query_one(&statement, &[&event.id.as_uuid()])
             .await?
             .try_get(0)?;
         Ok(if done {
@@ -183,7 +190,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<WebhookId>, StoreError> {
         let client = self.pool.get().await?;
-        let query = subscribers_query(event_type, after.is_some());
+        let query = client
+            .prepare_cached(&subscribers_query(event_type, after.is_some()))
+            .await?;
         let rows = match after {
             Some(after) => client.query(&query, &[&after.as_uuid(), &limit]).await?,
             None => client.query(&query, &[&limit]).await?,
@@ -208,11 +217,16 @@ impl Store {
         lease: Duration,
     ) -> Result<Progress, StoreError> {
         let client = self.pool.get().await?;
+        let statement = client
+            .prepare_cached(
+                "UPDATE events SET fanout_cursor = $2, fanout_tasks = fanout_tasks + $3,
+                            fanout_lease_until = now() + $4::float8 * interval '1 second'
+                     WHERE id = $1 AND fanout_holder = $5 AND fanned_out_at IS NULL",
+            )
+            .await?;
         let updated = client
             .execute(
-                "UPDATE events SET fanout_cursor = $2, fanout_tasks = fanout_tasks + $3,
-                        fanout_lease_until = now() + $4::float8 * interval '1 second'
-                 WHERE id = $1 AND fanout_holder = $5 AND fanned_out_at IS NULL",
+                &statement,
                 &[
                     &event.as_uuid(),
                     &cursor.as_uuid(),
@@ -235,12 +249,14 @@ impl Store {
         holder: uuid::Uuid,
     ) -> Result<Progress, StoreError> {
         let client = self.pool.get().await?;
-        let updated = client
-            .execute(
+        let statement = client
+            .prepare_cached(
                 "UPDATE events SET fanned_out_at = now(), fanout_lease_until = NULL
-                 WHERE id = $1 AND fanout_holder = $2 AND fanned_out_at IS NULL",
-                &[&event.as_uuid(), &holder],
+                     WHERE id = $1 AND fanout_holder = $2 AND fanned_out_at IS NULL",
             )
+            .await?;
+        let updated = client
+            .execute(&statement, &[&event.as_uuid(), &holder])
             .await?;
         Ok(Progress::from_updated(updated))
     }

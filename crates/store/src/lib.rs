@@ -17,7 +17,7 @@ mod webhooks;
 
 pub use audit::{AttemptAudit, DeliveryAudit, EventAudit, WebhookAudit};
 pub use deliveries::{
-    AttemptClaim, AttemptRecord, AttemptRow, BatchWritten, ChainState, ClaimOutcome,
+    AttemptClaim, AttemptRecord, AttemptRow, BatchWritten, ChainState, ClaimAsk, ClaimOutcome,
     DeliveryRecord, DeliveryStatus, DeliveryTarget, Disabled, OverdueRetry, RecordKind,
     RecordedAttempt, Resend, ResendError,
 };

@@ -288,6 +288,61 @@ async fn of_many_copies_claiming_an_attempt_at_once_exactly_one_gets_it_until_it
 }
 
 #[tokio::test]
+async fn a_batch_of_claims_answers_each_ask_as_alone_and_one_copy_of_an_attempt_gets_it() {
+    use aioka_store::{ClaimAsk, ClaimOutcome};
+    let f = Fixture::new().await;
+    let lease = std::time::Duration::from_secs(30);
+    // a: attempt 1 failed, its retry due; b: no row yet; c: attempt 1 succeeded.
+    let mut a = f.attempt(0, Outcome::Failure).await;
+    if let RecordKind::Attempt { next_retry_at, .. } = &mut a.kind {
+        *next_retry_at = Some(Utc::now() + Duration::seconds(5));
+    }
+    let b = f.attempt(1, Outcome::Failure).await;
+    let c = f.attempt(2, Outcome::Success).await;
+    f.store()
+        .record_batch(&[a.clone(), c.clone()], RULE)
+        .await
+        .unwrap();
+    let ask = |r: &AttemptRecord, attempt| ClaimAsk {
+        event: r.event_id,
+        delivery: r.delivery_id,
+        attempt,
+    };
+    // Two copies of a's attempt 2 in one batch, between asks about other deliveries, and
+    // a copy of a's attempt 1 (made).
+    let claims = f
+        .store()
+        .claim_attempts(
+            &[ask(&a, 2), ask(&b, 1), ask(&a, 2), ask(&c, 1), ask(&a, 1)],
+            lease,
+        )
+        .await
+        .unwrap();
+    let outcomes: Vec<ClaimOutcome> = claims.iter().map(|c| c.outcome).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ClaimOutcome::Claimed,
+            ClaimOutcome::NoRow,
+            ClaimOutcome::HeldByOther,
+            ClaimOutcome::Made,
+            ClaimOutcome::Made,
+        ]
+    );
+    assert_eq!(claims[0].state.attempts_made, 1);
+    assert!(claims[0].state.recorded.is_none());
+    assert!(claims[3].state.recorded.is_some());
+    assert!(claims[4].state.recorded.is_some());
+    // The claim holds outside the batch too.
+    let alone = f
+        .store()
+        .claim_attempt(a.event_id, a.delivery_id, 2, lease)
+        .await
+        .unwrap();
+    assert_eq!(alone.outcome, ClaimOutcome::HeldByOther);
+}
+
+#[tokio::test]
 async fn an_overdue_retry_is_taken_once_per_sweep_period_and_by_one_sweeper() {
     let f = Fixture::new().await;
     let after = std::time::Duration::from_secs(30);
