@@ -202,7 +202,7 @@ impl Worker {
                         // Whoever published this holds a broker credential but not our key:
                         // it is never signed with a webhook's secret, never sent.
                         tracing::warn!(delivery_id = %task.delivery_id, webhook_id = %task.webhook_id, error = %e, "task refused");
-                        self.refuse(publisher, &delivery, e).await
+                        Box::pin(self.refuse(publisher, &delivery, e)).await
                     }
                 }
             }
@@ -215,15 +215,14 @@ impl Worker {
                     }
                     Err(e) => {
                         tracing::warn!(event_id = %batch.event_id, tasks = batch.webhooks.len(), error = %e, "batch refused");
-                        self.refuse(publisher, &delivery, e).await
+                        Box::pin(self.refuse(publisher, &delivery, e)).await
                     }
                 }
             }
             Err(e) => {
                 self.count_tasks(&delivery, 1);
                 let reason = format!("not a delivery task: {e}");
-                self.park(publisher, Carrier::Own(&delivery), None, &reason)
-                    .await
+                Box::pin(self.park(publisher, Carrier::Own(&delivery), None, &reason)).await
             }
         };
         settle(&delivery, done).await;
@@ -301,8 +300,9 @@ impl Worker {
         let Ok(permit) = self.lanes.acquire().await else {
             return Done::Requeue;
         };
-        self.start_task(publisher, carrier, task, redelivered, permit)
-            .await
+        // Boxed: a message waiting for a permit holds only this function's small state, not
+        // the attempt's (which the prefetch multiplies).
+        Box::pin(self.start_task(publisher, carrier, task, redelivered, permit)).await
     }
 
     /// One task holding `permit` (given back when it ends).
