@@ -17,7 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{deliveries, events, webhooks};
+use crate::{catalog, deliveries, events, webhooks};
 
 /// One route the gateway serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +85,7 @@ fn routes() -> Routes {
             post(deliveries::retry),
         )
         .add("/v1/events", &[Method::POST], post(events::ingest))
+        .add("/v1/event-types", &[Method::GET], get(catalog::list))
 }
 
 /// Every (method, path) the public API serves (the admin endpoints are on their own port).

@@ -208,6 +208,21 @@ impl FromRequestParts<AppState> for Customer {
     }
 }
 
+/// A request authenticated with any valid key: customer (any tier) or producer.
+#[derive(Debug)]
+pub struct AnyKey(pub KeyRecord);
+
+impl FromRequestParts<AppState> for AnyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(parts, state).await.map(AnyKey)
+    }
+}
+
 /// Two ids from the path, e.g. `/v1/webhooks/{id}/deliveries/{delivery_id}`.
 #[derive(Debug)]
 pub struct IdPath2<A, B>(pub A, pub B);

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod app;
+mod catalog;
 mod deliveries;
 mod error;
 mod events;

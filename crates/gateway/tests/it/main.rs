@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod catalog;
 mod delivery_log;
 mod fuzz;
 mod openapi;
