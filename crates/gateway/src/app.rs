@@ -80,6 +80,11 @@ fn routes() -> Routes {
             get(deliveries::list),
         )
         .add(
+            "/v1/webhooks/{id}/deliveries/{delivery_id}",
+            &[Method::GET],
+            get(deliveries::get),
+        )
+        .add(
             "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
             &[Method::POST],
             post(deliveries::retry),

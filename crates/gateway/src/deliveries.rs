@@ -6,7 +6,9 @@ use aioka_core::event::{Envelope, EventType, now_timestamp};
 use aioka_core::messages::{DeliveryTask, Task};
 use aioka_core::{DeliveryId, EventId, FieldError, WebhookId};
 use aioka_queue::{Published, inject_trace_context, persistent_json};
-use aioka_store::{DeliveryRecord, EventSource, LogWindow, NewEvent, ResendError};
+use aioka_store::{
+    DeliveryFilter, DeliveryRecord, DeliveryStatus, EventSource, LogWindow, NewEvent, ResendError,
+};
 use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -83,8 +85,82 @@ fn delivery_not_in_log(delivery: DeliveryId, window: &LogWindow) -> ApiError {
     )
 }
 
-/// `GET /v1/webhooks/{id}/deliveries?limit=&cursor=`: newest first, and how far back the
-/// log reaches (`log_starts_at`).
+/// A query parameter that is not valid: 400 `invalid_parameter` naming it.
+fn invalid_parameter(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", message).with_field(field)
+}
+
+/// The log's filters from the query: `status`, `event`, and the window `since`..`until`
+/// (RFC 3339, on when each delivery was created).
+fn log_filter(query: &HashMap<String, String>) -> Result<DeliveryFilter, ApiError> {
+    let status = match query.get("status").map(String::as_str) {
+        None => None,
+        Some("pending") => Some(DeliveryStatus::Pending),
+        Some("succeeded") => Some(DeliveryStatus::Succeeded),
+        Some("failed") => Some(DeliveryStatus::Failed),
+        Some("skipped") => Some(DeliveryStatus::Skipped),
+        Some(_) => {
+            return Err(invalid_parameter(
+                "status",
+                "status must be one of pending, succeeded, failed, skipped",
+            ));
+        }
+    };
+    let event_type = match query.get("event") {
+        None => None,
+        Some(text) => Some(text.parse::<EventType>().map_err(|_| {
+            invalid_parameter(
+                "event",
+                format!("event must be one of {}", EventType::names()),
+            )
+        })?),
+    };
+    let instant = |field: &str| -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        query
+            .get(field)
+            .map(|text| {
+                aioka_core::event::normalize_timestamp(text)
+                    .map(|(at, _)| at)
+                    .ok_or_else(|| {
+                        invalid_parameter(
+                            field,
+                            format!(
+                                "{field} must be an RFC 3339 date-time, e.g. 2026-04-20T14:32:00Z"
+                            ),
+                        )
+                    })
+            })
+            .transpose()
+    };
+    // A window whose `until` is not after its `since` is empty, not malformed: it matches
+    // nothing (the document cannot state the order, and a valid request is not refused).
+    Ok(DeliveryFilter {
+        status,
+        event_type,
+        since: instant("since")?,
+        until: instant("until")?,
+        delivery: None,
+    })
+}
+
+/// `GET /v1/webhooks/{id}/deliveries/{delivery_id}`: one delivery with every attempt.
+#[tracing::instrument(skip_all, fields(key_id = %customer.0.id, webhook_id = %id, delivery_id = %delivery))]
+pub async fn get(
+    State(state): State<AppState>,
+    customer: Customer,
+    IdPath2(id, delivery): IdPath2<WebhookId, DeliveryId>,
+) -> Result<Json<Value>, ApiError> {
+    let found = state
+        .store
+        .get_delivery(customer.0.id, id, delivery)
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook"))?
+        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    Ok(Json(delivery_json(&found)))
+}
+
+/// `GET /v1/webhooks/{id}/deliveries?limit=&cursor=&status=&event=&since=&until=`: newest
+/// first, and how far back the log reaches (`log_starts_at`).
 #[tracing::instrument(skip_all, fields(key_id = %customer.0.id, webhook_id = %id))]
 pub async fn list(
     State(state): State<AppState>,
@@ -118,9 +194,10 @@ pub async fn list(
             .with_field("cursor")
         })?),
     };
+    let filter = log_filter(&query)?;
     let mut page = state
         .store
-        .list_deliveries(customer.0.id, id, before, limit + 1)
+        .find_deliveries(customer.0.id, id, &filter, before, limit + 1)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     let more = page.len() as i64 > limit;

@@ -203,6 +203,19 @@ pub struct DeliveryRecord {
     pub test: bool,
 }
 
+/// Which deliveries of a webhook a log page shows; every field that is set must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeliveryFilter {
+    pub status: Option<DeliveryStatus>,
+    pub event_type: Option<EventType>,
+    /// Created at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Created before this instant.
+    pub until: Option<DateTime<Utc>>,
+    /// This delivery alone.
+    pub delivery: Option<DeliveryId>,
+}
+
 /// What a re-send needs.
 #[derive(Debug, Clone)]
 pub struct Resend {
@@ -609,6 +622,41 @@ impl Store {
         before: Option<i64>,
         limit: i64,
     ) -> Result<Option<Vec<DeliveryRecord>>, StoreError> {
+        self.find_deliveries(owner, webhook, &DeliveryFilter::default(), before, limit)
+            .await
+    }
+
+    /// One delivery of a webhook, with every attempt; `Ok(None)` if the webhook is not the
+    /// owner's, `Ok(Some(None))` if it has no such delivery (or it left the log).
+    #[tracing::instrument(skip_all, fields(key_id = %owner, webhook_id = %webhook, delivery_id = %delivery))]
+    pub async fn get_delivery(
+        &self,
+        owner: ApiKeyId,
+        webhook: WebhookId,
+        delivery: DeliveryId,
+    ) -> Result<Option<Option<DeliveryRecord>>, StoreError> {
+        let filter = DeliveryFilter {
+            delivery: Some(delivery),
+            ..DeliveryFilter::default()
+        };
+        Ok(self
+            .find_deliveries(owner, webhook, &filter, None, 1)
+            .await?
+            .map(|mut page| page.pop()))
+    }
+
+    /// A page of a webhook's deliveries that pass `filter`, newest first, each with every
+    /// attempt; `None` if the webhook is not the owner's. `before` is the `seq` cursor of the
+    /// previous page (of the same filter).
+    #[tracing::instrument(skip_all, fields(key_id = %owner, webhook_id = %webhook))]
+    pub async fn find_deliveries(
+        &self,
+        owner: ApiKeyId,
+        webhook: WebhookId,
+        filter: &DeliveryFilter,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Option<Vec<DeliveryRecord>>, StoreError> {
         let client = self.pool.get().await?;
         let owned = client
             .query_opt(
@@ -626,8 +674,22 @@ impl Store {
                         e.source = 'test'
                  FROM deliveries d JOIN events e ON e.id = d.event_id
                  WHERE d.webhook_id = $1 AND ($2::int8 IS NULL OR d.seq < $2)
+                   AND ($4::text IS NULL OR d.status = $4)
+                   AND ($5::text IS NULL OR e.event_type = $5)
+                   AND ($6::timestamptz IS NULL OR d.created_at >= $6)
+                   AND ($7::timestamptz IS NULL OR d.created_at < $7)
+                   AND ($8::uuid IS NULL OR d.id = $8)
                  ORDER BY d.seq DESC LIMIT $3",
-                &[&webhook.as_uuid(), &before, &limit],
+                &[
+                    &webhook.as_uuid(),
+                    &before,
+                    &limit,
+                    &filter.status.map(DeliveryStatus::as_str),
+                    &filter.event_type.map(EventType::as_str),
+                    &filter.since,
+                    &filter.until,
+                    &filter.delivery.map(|d| d.as_uuid()),
+                ],
             )
             .await?;
         let mut deliveries = Vec::with_capacity(rows.len());

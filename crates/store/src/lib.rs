@@ -18,8 +18,8 @@ mod webhooks;
 pub use audit::{AttemptAudit, DeliveryAudit, EventAudit, WebhookAudit};
 pub use deliveries::{
     AttemptClaim, AttemptRecord, AttemptRow, BatchWritten, ChainState, ClaimAsk, ClaimOutcome,
-    DeliveryRecord, DeliveryStatus, DeliveryTarget, Disabled, OverdueRetry, RecordKind,
-    RecordedAttempt, Resend, ResendError,
+    DeliveryFilter, DeliveryRecord, DeliveryStatus, DeliveryTarget, Disabled, OverdueRetry,
+    RecordKind, RecordedAttempt, Resend, ResendError,
 };
 pub use error::StoreError;
 pub use events::{Claim, ClaimGuard, EventSource, NewEvent, Progress, subscribers_query};

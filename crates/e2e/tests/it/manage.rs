@@ -292,3 +292,147 @@ async fn patch_changes_the_url_and_the_events() {
         assert_eq!(error["error"]["code"], code, "{error}");
     }
 }
+
+#[tokio::test]
+async fn the_log_filters_by_status_event_and_window_and_one_delivery_reads_with_its_attempts() {
+    let system = System::start().await;
+    let (receiver, customer, producer, webhook, _) =
+        system.subscriber(&["regime.change", "verdict.new"]).await;
+    let log = |query: String| {
+        let (system, customer, webhook) = (&system, &customer, &webhook);
+        async move {
+            let page = system
+                .get_json(
+                    &format!("/v1/webhooks/{webhook}/deliveries?{query}"),
+                    customer,
+                )
+                .await;
+            let ids: Vec<String> = page["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["event_id"].as_str().unwrap().to_owned())
+                .collect();
+            (ids, page["next_cursor"].as_str().map(str::to_owned))
+        }
+    };
+    let succeeded = |event: String| {
+        move |d: &Value| d["event_id"] == event.as_str() && d["status"] == "succeeded"
+    };
+
+    // The first regime change fails once and succeeds on its retry.
+    receiver.script(&[500]);
+    let r1 = system
+        .publish(&producer, sample(EventType::RegimeChange))
+        .await;
+    system
+        .wait_for_delivery(&customer, &webhook, succeeded(r1.clone()))
+        .await;
+    let v1 = system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    system
+        .wait_for_delivery(&customer, &webhook, succeeded(v1.clone()))
+        .await;
+    let middle = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let r2 = system
+        .publish(&producer, sample(EventType::RegimeChange))
+        .await;
+    system
+        .wait_for_delivery(&customer, &webhook, succeeded(r2.clone()))
+        .await;
+
+    // One delivery alone, with both attempts, as the log shows it.
+    let all = system.deliveries(&customer, &webhook).await;
+    let first = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["event_id"] == r1.as_str())
+        .unwrap()
+        .clone();
+    let path = format!(
+        "/v1/webhooks/{webhook}/deliveries/{}",
+        first["id"].as_str().unwrap()
+    );
+    let alone = system.get_json(&path, &customer).await;
+    assert_eq!(alone, first);
+    let codes: Vec<(u64, u64)> = alone["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["attempt"].as_u64().unwrap(),
+                a["status_code"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(codes, [(1, 500), (2, 200)], "{alone}");
+
+    // Filters, each alone and with pages.
+    assert_eq!(
+        log("event=regime.change".into()).await.0,
+        [r2.as_str(), r1.as_str()]
+    );
+    assert_eq!(log("event=verdict.new".into()).await.0, [v1.as_str()]);
+    assert_eq!(
+        log("status=succeeded".into()).await.0,
+        [r2.as_str(), v1.as_str(), r1.as_str()]
+    );
+    assert!(log("status=failed".into()).await.0.is_empty());
+    let since = aioka_core::event::format_timestamp(middle);
+    assert_eq!(log(format!("since={since}")).await.0, [r2.as_str()]);
+    assert_eq!(
+        log(format!("until={since}")).await.0,
+        [v1.as_str(), r1.as_str()]
+    );
+    assert!(
+        log(format!("since={since}&until={since}"))
+            .await
+            .0
+            .is_empty()
+    );
+    let (page, cursor) = log("event=regime.change&limit=1".into()).await;
+    assert_eq!(page, [r2.as_str()]);
+    let cursor = cursor.unwrap();
+    let (page, cursor) = log(format!("event=regime.change&limit=1&cursor={cursor}")).await;
+    assert_eq!((page, cursor), (vec![r1.clone()], None));
+
+    // Bad filters name themselves.
+    for (query, field) in [
+        ("status=done", "status"),
+        ("event=verdict.old", "event"),
+        ("since=yesterday", "since"),
+        ("until=2026-13-01T00:00:00Z", "until"),
+    ] {
+        let response = system
+            .get(
+                &format!("/v1/webhooks/{webhook}/deliveries?{query}"),
+                &customer,
+            )
+            .await;
+        assert_eq!(response.status(), 400, "{query}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "invalid_parameter", "{query}");
+        assert_eq!(body["error"]["field"], field, "{query}");
+    }
+    // A delivery the webhook does not have, and another key's webhook.
+    let unknown =
+        aioka_core::DeliveryId::for_pair(aioka_core::EventId::new(), webhook.parse().unwrap());
+    let response = system
+        .get(
+            &format!("/v1/webhooks/{webhook}/deliveries/{unknown}"),
+            &customer,
+        )
+        .await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "delivery not found");
+    let other = system.customer().await;
+    let response = system.get(&path, &other).await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "webhook not found");
+}
