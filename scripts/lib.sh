@@ -293,6 +293,18 @@ ensure_fuzz_tools() {
   export AIOKA_SCHEMATHESIS="$venv/bin/schemathesis"
 }
 
+# Interpreters for the receiver snippets of docs/receivers.md (scripts/check-receivers): Python
+# and Node.js come with the machine; Ruby and PHP are small packages of the distribution. One
+# that cannot be installed is reported by the check as not executed.
+ensure_receiver_langs() {
+  local missing=()
+  have ruby || missing+=(ruby)
+  have php || missing+=(php-cli)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}" || say "could not install ${missing[*]}; their receiver snippets are not executed"
+  fi
+}
+
 ensure_psql() {
   have psql || apt_install postgresql-client || die "psql is needed (package postgresql-client)."
 }
