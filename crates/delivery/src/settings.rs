@@ -145,10 +145,20 @@ impl Settings {
             return Err(SettingsError::invalid("amqp", key, problem));
         }
         let shards = self.shards()?;
-        if shards.of(self.amqp.delivery_shards).is_empty() {
+        let count = self.amqp.delivery_shards;
+        if let Shards::Only(list) = &shards
+            && let Some(beyond) = list.iter().find(|s| **s >= count)
+        {
+            // Consuming the rest silently would leave the operator believing this process
+            // covers a shard that does not exist (a typo, or a shard count lowered since).
+            let exist = if count == 1 {
+                "only shard 0 exists".to_owned()
+            } else {
+                format!("shards 0-{} exist", count - 1)
+            };
             return invalid(
                 "shards",
-                "names no shard below amqp.delivery_shards: this process would consume nothing",
+                &format!("names shard {beyond}, but amqp.delivery_shards is {count}: {exist}"),
             );
         }
         self.database
@@ -327,6 +337,14 @@ mod tests {
                     ("AIOKA__DELIVERY__SHARDS", "5"),
                 ][..],
                 "DELIVERY__SHARDS",
+            ),
+            // Shards 2-7 do not exist with 2 shards: refused, not consumed as 0-1 silently.
+            (
+                &[
+                    ("AIOKA__AMQP__DELIVERY_SHARDS", "2"),
+                    ("AIOKA__DELIVERY__SHARDS", "0-7"),
+                ][..],
+                "names shard 2, but amqp.delivery_shards is 2: shards 0-1 exist",
             ),
             (
                 &[("AIOKA__AMQP__URL", "amqp://a@h:1/%2f,http://h")][..],
