@@ -26,6 +26,9 @@ pub enum Target {
     Active {
         url: String,
         secret: WebhookSecret,
+        /// The secret a rotation replaced, and when it stops being used (the attempt's time
+        /// decides, not the cache's age).
+        previous: Option<(WebhookSecret, chrono::DateTime<chrono::Utc>)>,
     },
     Disabled,
     /// Deleted, or never existed.
@@ -186,14 +189,22 @@ impl Cache {
                             } else if !row.is_active {
                                 Target::Disabled
                             } else {
-                                match key
-                                    .open_secret(&row.secret_sealed, row.id.as_uuid().as_bytes())
-                                {
-                                    Ok(secret) => Target::Active {
+                                let uuid = row.id.as_uuid();
+                                let context = uuid.as_bytes();
+                                let previous = row
+                                    .previous_secret
+                                    .as_ref()
+                                    .map(|(sealed, until)| {
+                                        key.open_secret(sealed, context).map(|s| (s, *until))
+                                    })
+                                    .transpose();
+                                match (key.open_secret(&row.secret_sealed, context), previous) {
+                                    (Ok(secret), Ok(previous)) => Target::Active {
                                         url: row.url,
                                         secret,
+                                        previous,
                                     },
-                                    Err(_) => Target::Undecryptable,
+                                    _ => Target::Undecryptable,
                                 }
                             };
                             (row.id, Arc::new(target))
@@ -273,6 +284,7 @@ mod tests {
         Arc::new(Target::Active {
             url: "https://example.test/".into(),
             secret: WebhookSecret::generate(),
+            previous: None,
         })
     }
 

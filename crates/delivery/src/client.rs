@@ -94,6 +94,24 @@ pub enum ClientError {
     Build(String),
 }
 
+/// The secrets an attempt is signed with.
+#[derive(Debug, Clone, Copy)]
+pub struct Signing<'a> {
+    pub current: &'a WebhookSecret,
+    /// The secret a rotation replaced, while its overlap lasts.
+    pub previous: Option<&'a WebhookSecret>,
+}
+
+impl<'a> Signing<'a> {
+    /// One secret: no rotation under way.
+    pub fn one(current: &'a WebhookSecret) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+}
+
 /// Sends signed deliveries.
 #[derive(Debug, Clone)]
 pub struct Sender {
@@ -179,8 +197,11 @@ impl Sender {
         })
     }
 
-    /// The headers of one attempt: both signatures, ids, and the attempt number.
-    pub fn headers(task: &DeliveryTask, secret: &WebhookSecret, timestamp: i64) -> HeaderMap {
+    /// The headers of one attempt: both signatures, ids, and the attempt number. During a
+    /// rotation's overlap `webhook-signature` carries a `v1,` signature of each secret (the
+    /// new one first) and `X-AIOKA-Signature`, one digest compared whole, keeps the old one:
+    /// a receiver that has not yet deployed the new secret still verifies both.
+    pub fn headers(task: &DeliveryTask, signing: Signing<'_>, timestamp: i64) -> HeaderMap {
         let body = task.body.as_bytes();
         let delivery = task.delivery_id.to_string();
         let mut headers = HeaderMap::new();
@@ -189,7 +210,10 @@ impl Sender {
                 headers.insert(name, v);
             }
         };
-        put("x-aioka-signature", aioka_signature(secret, body));
+        put(
+            "x-aioka-signature",
+            aioka_signature(signing.previous.unwrap_or(signing.current), body),
+        );
         put("x-aioka-event", task.event_type.as_str().to_owned());
         put("x-aioka-delivery", delivery.clone());
         put("x-aioka-attempt", task.attempt.to_string());
@@ -200,10 +224,14 @@ impl Sender {
         }
         put("webhook-id", delivery.clone());
         put("webhook-timestamp", timestamp.to_string());
-        put(
-            "webhook-signature",
-            standard_webhooks_signature(secret, &delivery, timestamp, body),
-        );
+        let mut standard = standard_webhooks_signature(signing.current, &delivery, timestamp, body);
+        if let Some(previous) = signing.previous {
+            standard.push(' ');
+            standard.push_str(&standard_webhooks_signature(
+                previous, &delivery, timestamp, body,
+            ));
+        }
+        put("webhook-signature", standard);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers
     }
@@ -213,7 +241,7 @@ impl Sender {
         &self,
         url: &str,
         task: &DeliveryTask,
-        secret: &WebhookSecret,
+        signing: Signing<'_>,
     ) -> AttemptResult {
         let started = Instant::now();
         let failed = |kind: &'static str, status: Option<u16>| AttemptResult {
@@ -240,7 +268,7 @@ impl Sender {
         let request = self
             .client
             .post(url)
-            .headers(Self::headers(task, secret, timestamp))
+            .headers(Self::headers(task, signing, timestamp))
             .body(task.body.clone());
         let mut response = match request.send().await {
             Ok(r) => r,
@@ -408,7 +436,7 @@ mod tests {
             auth: None,
             test: false,
         };
-        let h = Sender::headers(&task, &secret, 1_776_695_520);
+        let h = Sender::headers(&task, Signing::one(&secret), 1_776_695_520);
         let dlv = task.delivery_id.to_string();
         assert_eq!(
             h["x-aioka-signature"],

@@ -472,8 +472,22 @@ impl Worker {
         else {
             return Done::Requeue;
         };
-        let (url, secret) = match target.as_ref() {
-            Target::Active { url, secret } => (url, secret),
+        let (url, signing) = match target.as_ref() {
+            Target::Active {
+                url,
+                secret,
+                previous,
+            } => (
+                url,
+                crate::client::Signing {
+                    current: secret,
+                    // The overlap's end is read at the attempt, whatever the cache's age.
+                    previous: previous
+                        .as_ref()
+                        .filter(|(_, until)| Utc::now() < *until)
+                        .map(|(old, _)| old),
+                },
+            ),
             Target::Disabled => return self.skip(&task, "webhook disabled").await,
             Target::Gone => return self.skip(&task, "webhook deleted").await,
             Target::KeyInactive(reason) => return self.skip(&task, reason).await,
@@ -488,7 +502,7 @@ impl Worker {
         let at = attempt_time();
         let result = self
             .lanes
-            .run(&mut permit, self.sender.send(url, &task, secret))
+            .run(&mut permit, self.sender.send(url, &task, signing))
             .await;
         // The endpoint has answered (or the attempt ended): the webhook's share counts
         // requests at its server, so the next task for it may go while this one is recorded.

@@ -70,6 +70,11 @@ fn routes() -> Routes {
                 .delete(webhooks::delete),
         )
         .add(
+            "/v1/webhooks/{id}/secret/rotate",
+            &[Method::POST],
+            post(webhooks::rotate_secret),
+        )
+        .add(
             "/v1/webhooks/test",
             &[Method::POST],
             post(deliveries::send_test),

@@ -1,4 +1,4 @@
-//! The customer webhook API: register, list, read, delete.
+//! The customer webhook API: register, list, read, change, delete, rotate the secret.
 
 use std::net::IpAddr;
 
@@ -14,7 +14,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
-use crate::extract::{Customer, IdPath, JsonBody};
+use crate::extract::{Customer, IdPath, JsonBody, OptionalJsonBody};
 use crate::state::AppState;
 
 pub(crate) fn api_time(time: DateTime<Utc>) -> String {
@@ -275,4 +275,67 @@ pub async fn update(
         .ok_or_else(|| ApiError::not_found("webhook"))?;
     tracing::info!(?is_active, url_changed = url.is_some(), "webhook updated");
     Ok(Json(webhook_json(&webhook)))
+}
+
+/// How long a rotated-out secret is still used by default, and at most (seconds).
+const DEFAULT_OVERLAP_SECS: u64 = 24 * 60 * 60;
+const MAX_OVERLAP_SECS: u64 = 7 * 24 * 60 * 60;
+
+/// `POST /v1/webhooks/{id}/secret/rotate` `{"expire_old_in"?: seconds}`: a new secret, shown
+/// in this response only; the old one signs too until `previous_secret_expires_at`.
+#[tracing::instrument(skip_all, fields(key_id = %customer.0.id, webhook_id = %id))]
+pub async fn rotate_secret(
+    State(state): State<AppState>,
+    customer: Customer,
+    IdPath(id): IdPath<WebhookId>,
+    OptionalJsonBody(body): OptionalJsonBody,
+) -> Result<Response, ApiError> {
+    customer.require_webhooks()?;
+    let object = body_object(&body)?;
+    reject_unknown_fields(object, &["expire_old_in"])?;
+    let overlap = match object.get("expire_old_in") {
+        None | Some(Value::Null) => DEFAULT_OVERLAP_SECS,
+        // A whole number written as 5.0 is an integer to JSON Schema, so it is taken too.
+        Some(value) => value
+            .as_u64()
+            .or_else(|| {
+                value
+                    .as_f64()
+                    .filter(|f| f.fract() == 0.0 && (0.0..=MAX_OVERLAP_SECS as f64).contains(f))
+                    .map(|f| f as u64)
+            })
+            .filter(|n| *n <= MAX_OVERLAP_SECS)
+            .ok_or_else(|| {
+                FieldError::invalid(
+                    "expire_old_in",
+                    format!(
+                        "expire_old_in must be a whole number of seconds from 0 to {MAX_OVERLAP_SECS} (7 days)"
+                    ),
+                )
+            })?,
+    };
+    let secret = WebhookSecret::generate();
+    let expires = state
+        .store
+        .rotate_secret(
+            customer.0.id,
+            id,
+            &secret,
+            &state.encryption_key,
+            std::time::Duration::from_secs(overlap),
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("webhook"))?;
+    tracing::info!(overlap_seconds = overlap, "webhook secret rotated");
+    // The second and last place a secret leaves the service: the one it just made.
+    let body = json!({
+        "secret": secret.expose(),
+        "previous_secret_expires_at": expires.map(api_time),
+    });
+    Ok((
+        StatusCode::OK,
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(body),
+    )
+        .into_response())
 }

@@ -283,6 +283,8 @@ pub struct DeliveryTarget {
     pub key_revoked: bool,
     /// The owner's key is on the Free tier, which has no webhooks.
     pub key_free_tier: bool,
+    /// The secret a rotation replaced, while its overlap lasts (see V13), and when it ends.
+    pub previous_secret: Option<(Vec<u8>, DateTime<Utc>)>,
 }
 
 /// [`Store::claim_attempts`]' statement: the asks as arrays (delivery, attempt, event),
@@ -591,7 +593,8 @@ impl Store {
         let statement = client
             .prepare_cached(
                 "SELECT w.id, w.url, w.secret_sealed, w.is_active, w.deleted_at IS NOT NULL,
-                        k.revoked_at IS NOT NULL, k.tier = 'free'
+                        k.revoked_at IS NOT NULL, k.tier = 'free',
+                        w.previous_secret_sealed, w.previous_secret_expires_at
                  FROM webhooks w JOIN api_keys k ON k.id = w.api_key_id
                  WHERE w.id = ANY($1)",
             )
@@ -607,6 +610,10 @@ impl Store {
                     deleted: r.try_get(4)?,
                     key_revoked: r.try_get(5)?,
                     key_free_tier: r.try_get::<_, Option<bool>>(6)?.unwrap_or(false),
+                    previous_secret: match (r.try_get(7)?, r.try_get(8)?) {
+                        (Some(sealed), Some(until)) => Some((sealed, until)),
+                        _ => None,
+                    },
                 })
             })
             .collect()

@@ -201,6 +201,41 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Gives webhook `id` of `owner` a new secret, sealed here bound to the webhook's id, and
+    /// keeps the one it replaces for `overlap` (none when zero): the delivery service signs
+    /// with both until then. Returns when the old secret stops being used (`None`: at once),
+    /// or `Ok(None)` in the outer option if the webhook is not the owner's.
+    #[tracing::instrument(skip_all, fields(key_id = %owner, webhook_id = %id))]
+    pub async fn rotate_secret(
+        &self,
+        owner: ApiKeyId,
+        id: WebhookId,
+        secret: &WebhookSecret,
+        key: &EncryptionKey,
+        overlap: std::time::Duration,
+    ) -> Result<Option<Option<DateTime<Utc>>>, StoreError> {
+        let sealed = key.seal_secret(secret, id.as_uuid().as_bytes());
+        let overlap_ms = i64::try_from(overlap.as_millis()).unwrap_or(i64::MAX);
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "UPDATE webhooks SET
+                     previous_secret_sealed = CASE WHEN $4::int8 > 0 THEN secret_sealed END,
+                     previous_secret_expires_at =
+                         CASE WHEN $4::int8 > 0
+                              THEN now() + make_interval(secs => $4::int8 / 1000.0) END,
+                     secret_sealed = $3,
+                     updated_at = now()
+                 WHERE id = $1 AND api_key_id = $2 AND deleted_at IS NULL
+                 RETURNING previous_secret_expires_at",
+                &[&id.as_uuid(), &owner.as_uuid(), &sealed, &overlap_ms],
+            )
+            .await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    }
+}
+
 /// A change to a webhook: only the fields given change.
 #[derive(Debug, Default)]
 pub struct WebhookPatch<'a> {

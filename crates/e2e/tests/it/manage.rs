@@ -436,3 +436,104 @@ async fn the_log_filters_by_status_event_and_window_and_one_delivery_reads_with_
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["message"], "webhook not found");
 }
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends_then_alone() {
+    let system = System::start().await;
+    let (receiver, customer, producer, webhook, old) = system.subscriber(&["verdict.new"]).await;
+    let rotate = |body: Value| {
+        let (system, customer, webhook) = (&system, &customer, &webhook);
+        async move {
+            system
+                .post(
+                    &format!("/v1/webhooks/{webhook}/secret/rotate"),
+                    customer,
+                    &body,
+                )
+                .await
+        }
+    };
+
+    let response = rotate(json!({"expire_old_in": 3})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let rotated: Value = response.json().await.unwrap();
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert!(new.starts_with("whsec_") && new != old, "{rotated}");
+    let until: chrono::DateTime<chrono::Utc> = rotated["previous_secret_expires_at"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let left = until - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::seconds(1) && left <= chrono::Duration::seconds(3),
+        "{rotated}"
+    );
+    // The secret is shown by this answer only.
+    let shown = system.webhook(&customer, &webhook).await.to_string();
+    assert!(
+        !shown.contains(&new) && !shown.contains("secret"),
+        "{shown}"
+    );
+
+    // During the overlap: a receiver holding either secret verifies the Standard Webhooks
+    // signature, and X-AIOKA-Signature (one digest) stays on the old secret.
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    let first = receiver.wait_for(1, PATIENCE).await.remove(0);
+    assert!(first.standard_signature_valid(&old) && first.standard_signature_valid(&new));
+    assert_eq!(first.header("webhook-signature").split(' ').count(), 2);
+    assert!(first.seed_signature_valid(&old) && !first.seed_signature_valid(&new));
+
+    // After it: the new secret alone.
+    tokio::time::sleep((until - chrono::Utc::now()).to_std().unwrap_or_default()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    let second = receiver.wait_for(2, PATIENCE).await.remove(1);
+    assert!(second.standard_signature_valid(&new) && !second.standard_signature_valid(&old));
+    assert_eq!(second.header("webhook-signature").split(' ').count(), 1);
+    assert!(second.seed_signature_valid(&new) && !second.seed_signature_valid(&old));
+
+    // No overlap: the old secret stops at once.
+    let rotated: Value = rotate(json!({"expire_old_in": 0}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rotated["previous_secret_expires_at"], Value::Null);
+    let newest = rotated["secret"].as_str().unwrap().to_owned();
+    // The change notice reaches the delivery service's cache within milliseconds.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    let third = receiver.wait_for(3, PATIENCE).await.remove(2);
+    assert!(third.standard_signature_valid(&newest) && !third.standard_signature_valid(&new));
+    assert!(third.seed_signature_valid(&newest) && !third.seed_signature_valid(&new));
+
+    // Bad requests name the field; another key's webhook is not found.
+    for bad in [
+        json!({"expire_old_in": -1}),
+        json!({"expire_old_in": 604_801}),
+        json!({"expire_old_in": "1h"}),
+        json!({"expire_old_in": 1.5}),
+    ] {
+        let response = rotate(bad.clone()).await;
+        assert_eq!(response.status(), 422, "{bad}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["field"], "expire_old_in", "{bad}");
+    }
+    let other = system.customer().await;
+    let response = system
+        .post(
+            &format!("/v1/webhooks/{webhook}/secret/rotate"),
+            &other,
+            &json!({}),
+        )
+        .await;
+    assert_eq!(response.status(), 404);
+}
