@@ -93,18 +93,15 @@ fn invalid_parameter(field: &str, message: impl Into<String>) -> ApiError {
 /// The log's filters from the query: `status`, `event`, and the window `since`..`until`
 /// (RFC 3339, on when each delivery was created).
 fn log_filter(query: &HashMap<String, String>) -> Result<DeliveryFilter, ApiError> {
-    let status = match query.get("status").map(String::as_str) {
+    let status = match query.get("status") {
         None => None,
-        Some("pending") => Some(DeliveryStatus::Pending),
-        Some("succeeded") => Some(DeliveryStatus::Succeeded),
-        Some("failed") => Some(DeliveryStatus::Failed),
-        Some("skipped") => Some(DeliveryStatus::Skipped),
-        Some(_) => {
-            return Err(invalid_parameter(
+        Some(text) => Some(DeliveryStatus::from_name(text).ok_or_else(|| {
+            let names: Vec<&str> = DeliveryStatus::ALL.iter().map(|s| s.as_str()).collect();
+            invalid_parameter(
                 "status",
-                "status must be one of pending, succeeded, failed, skipped",
-            ));
-        }
+                format!("status must be one of {}", names.join(", ")),
+            )
+        })?),
     };
     let event_type = match query.get("event") {
         None => None,
@@ -150,13 +147,19 @@ pub async fn get(
     customer: Customer,
     IdPath2(id, delivery): IdPath2<WebhookId, DeliveryId>,
 ) -> Result<Json<Value>, ApiError> {
-    let found = state
+    match state
         .store
         .get_delivery(customer.0.id, id, delivery)
         .await?
         .ok_or_else(|| ApiError::not_found("webhook"))?
-        .ok_or_else(|| ApiError::not_found("delivery"))?;
-    Ok(Json(delivery_json(&found)))
+    {
+        Some(found) => Ok(Json(delivery_json(&found))),
+        // As a re-send of it would: the log may have dropped it with its partition.
+        None => Err(delivery_not_in_log(
+            delivery,
+            &state.store.log_window().await?,
+        )),
+    }
 }
 
 /// `GET /v1/webhooks/{id}/deliveries?limit=&cursor=&status=&event=&since=&until=`: newest
@@ -175,23 +178,19 @@ pub async fn list(
             .ok()
             .filter(|n| (1..=MAX_PAGE).contains(n))
             .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_parameter",
+                invalid_parameter(
+                    "limit",
                     format!("limit must be a whole number from 1 to {MAX_PAGE}"),
                 )
-                .with_field("limit")
             })?,
     };
     let before = match query.get("cursor") {
         None => None,
         Some(text) => Some(decode_cursor(text).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_parameter",
+            invalid_parameter(
+                "cursor",
                 "cursor is not one this API returned (a next_cursor is 1 to 18 digits)",
             )
-            .with_field("cursor")
         })?),
     };
     let filter = log_filter(&query)?;

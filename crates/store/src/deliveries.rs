@@ -41,14 +41,20 @@ impl DeliveryStatus {
         }
     }
 
+    pub const ALL: [DeliveryStatus; 4] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Succeeded,
+        DeliveryStatus::Failed,
+        DeliveryStatus::Skipped,
+    ];
+
+    /// The status named `text` (as [`DeliveryStatus::as_str`] writes it), if any.
+    pub fn from_name(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
     pub(crate) fn parse(text: &str) -> Result<Self, StoreError> {
-        Ok(match text {
-            "pending" => DeliveryStatus::Pending,
-            "succeeded" => DeliveryStatus::Succeeded,
-            "failed" => DeliveryStatus::Failed,
-            "skipped" => DeliveryStatus::Skipped,
-            other => return Err(StoreError::Corrupt(format!("delivery status {other}"))),
-        })
+        Self::from_name(text).ok_or_else(|| StoreError::Corrupt(format!("delivery status {text}")))
     }
 }
 

@@ -429,7 +429,12 @@ async fn the_log_filters_by_status_event_and_window_and_one_delivery_reads_with_
         .await;
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["message"], "delivery not found");
+    assert_eq!(body["error"]["code"], "not_found");
+    let message = body["error"]["message"].as_str().unwrap();
+    // As a re-send's 404 says it: the id, and how far back the log reaches.
+    for part in [unknown.to_string().as_str(), "not found", "keeps"] {
+        assert!(message.contains(part), "{part:?} not in {message:?}");
+    }
     let other = system.customer().await;
     let response = system.get(&path, &other).await;
     assert_eq!(response.status(), 404);
@@ -441,6 +446,14 @@ async fn the_log_filters_by_status_event_and_window_and_one_delivery_reads_with_
 async fn a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends_then_alone() {
     let system = System::start().await;
     let (receiver, customer, producer, webhook, old) = system.subscriber(&["verdict.new"]).await;
+    // A delivery whose first attempt, before the rotation, fails: its retry comes after it.
+    receiver.script(&[500]);
+    system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    let before = receiver.wait_for(1, PATIENCE).await.remove(0);
+    assert!(before.standard_signature_valid(&old) && before.seed_signature_valid(&old));
+    assert_eq!(before.header("webhook-signature").split(' ').count(), 1);
     let rotate = |body: Value| {
         let (system, customer, webhook) = (&system, &customer, &webhook);
         async move {
@@ -478,14 +491,21 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends_then_a
     );
 
     // During the overlap: a receiver holding either secret verifies the Standard Webhooks
-    // signature, and X-AIOKA-Signature (one digest) stays on the old secret.
+    // signature, and X-AIOKA-Signature (one digest) stays on the old secret; the retry of
+    // the delivery made before the rotation is signed the same way as a new one.
+    let retry = receiver.wait_for(2, PATIENCE).await.remove(1);
+    assert_eq!(retry.header("x-aioka-attempt"), "2");
+    assert_eq!(retry.header("webhook-id"), before.header("webhook-id"));
     system
         .publish(&producer, sample(EventType::VerdictNew))
         .await;
-    let first = receiver.wait_for(1, PATIENCE).await.remove(0);
-    assert!(first.standard_signature_valid(&old) && first.standard_signature_valid(&new));
-    assert_eq!(first.header("webhook-signature").split(' ').count(), 2);
-    assert!(first.seed_signature_valid(&old) && !first.seed_signature_valid(&new));
+    let first = receiver.wait_for(3, PATIENCE).await.remove(2);
+    assert_eq!(first.header("x-aioka-attempt"), "1");
+    for during in [&retry, &first] {
+        assert!(during.standard_signature_valid(&old) && during.standard_signature_valid(&new));
+        assert_eq!(during.header("webhook-signature").split(' ').count(), 2);
+        assert!(during.seed_signature_valid(&old) && !during.seed_signature_valid(&new));
+    }
 
     // After it: the new secret alone.
     tokio::time::sleep((until - chrono::Utc::now()).to_std().unwrap_or_default()).await;
@@ -493,7 +513,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends_then_a
     system
         .publish(&producer, sample(EventType::VerdictNew))
         .await;
-    let second = receiver.wait_for(2, PATIENCE).await.remove(1);
+    let second = receiver.wait_for(4, PATIENCE).await.remove(3);
     assert!(second.standard_signature_valid(&new) && !second.standard_signature_valid(&old));
     assert_eq!(second.header("webhook-signature").split(' ').count(), 1);
     assert!(second.seed_signature_valid(&new) && !second.seed_signature_valid(&old));
@@ -511,7 +531,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends_then_a
     system
         .publish(&producer, sample(EventType::VerdictNew))
         .await;
-    let third = receiver.wait_for(3, PATIENCE).await.remove(2);
+    let third = receiver.wait_for(5, PATIENCE).await.remove(4);
     assert!(third.standard_signature_valid(&newest) && !third.standard_signature_valid(&new));
     assert!(third.seed_signature_valid(&newest) && !third.seed_signature_valid(&new));
 
