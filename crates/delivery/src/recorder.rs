@@ -5,11 +5,13 @@
 //! already stored ([`Recorded::Duplicate`]: a redelivered task sent again), so the caller
 //! starts a retry only for an attempt it recorded first.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
+use aioka_core::WebhookId;
 use aioka_core::disable::DisableRule;
 use aioka_store::{AttemptRecord, Store};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
@@ -86,16 +88,39 @@ async fn write_loop(
     // Several batches may be in their transactions at once: one writer at a time capped the
     // whole process at one batch per commit latency (measured: about 5 000 records/s with
     // PostgreSQL busy). Concurrent batches lock webhooks in id order, so they cannot deadlock.
+    //
+    // A batch that shares a webhook with one still being written waits for that one first.
+    // The row lock orders their commits anyway, but which of two concurrent batches takes it
+    // first was a race, so a later batch could insert its deliveries (and take their log
+    // order, seq) before an earlier one: the log showed them out of order (seen in
+    // `manage::the_delivery_log_pages_newest_first` on a loaded machine). Waiting costs no
+    // throughput: the second batch would have waited on the row lock.
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(writers.max(1)));
     let mut running = tokio::task::JoinSet::new();
+    // The webhooks of each batch being written, and a receiver that ends when it is done.
+    let mut in_flight: Vec<(HashSet<WebhookId>, watch::Receiver<()>)> = Vec::new();
     while let Some(first) = rx.recv().await {
         let batch = gather(&mut rx, first, batch_size, flush_interval).await;
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
+        in_flight.retain(|(_, done)| done.has_changed().is_ok());
+        let hooks: HashSet<WebhookId> = batch.iter().map(|(r, _)| r.webhook_id).collect();
+        let mut before: Vec<watch::Receiver<()>> = in_flight
+            .iter()
+            .filter(|(other, _)| !other.is_disjoint(&hooks))
+            .map(|(_, done)| done.clone())
+            .collect();
+        let (finished, done) = watch::channel(());
+        in_flight.push((hooks, done));
         let (store, cache, shutdown) = (store.clone(), cache.clone(), shutdown.clone());
         running.spawn(async move {
+            for earlier in &mut before {
+                // Ends (with an error) when the earlier batch's writer drops its sender.
+                let _ = earlier.changed().await;
+            }
             write_batch(&store, &cache, rule, batch, &shutdown).await;
+            drop(finished);
             drop(permit);
         });
         // Reap finished writers so the set does not grow.
