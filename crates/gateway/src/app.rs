@@ -17,7 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{catalog, deliveries, events, webhooks};
+use crate::{catalog, deliveries, events, recovery, webhooks};
 
 /// One route the gateway serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +73,11 @@ fn routes() -> Routes {
             "/v1/webhooks/{id}/secret/rotate",
             &[Method::POST],
             post(webhooks::rotate_secret),
+        )
+        .add(
+            "/v1/webhooks/{id}/recover",
+            &[Method::POST],
+            post(recovery::recover),
         )
         .add(
             "/v1/webhooks/test",

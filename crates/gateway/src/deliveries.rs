@@ -62,7 +62,7 @@ fn decode_cursor(text: &str) -> Option<i64> {
 }
 
 /// How long the log keeps deliveries, in the largest whole unit: "30 days", "90 seconds".
-fn retention_text(retention: std::time::Duration) -> String {
+pub(crate) fn retention_text(retention: std::time::Duration) -> String {
     let secs = retention.as_secs();
     let (n, unit) = [(86_400, "day"), (3_600, "hour"), (60, "minute")]
         .into_iter()
@@ -72,7 +72,7 @@ fn retention_text(retention: std::time::Duration) -> String {
 }
 
 /// 404 for a delivery id the log does not hold, saying how far back the log reaches.
-fn delivery_not_in_log(delivery: DeliveryId, window: &LogWindow) -> ApiError {
+pub(crate) fn delivery_not_in_log(delivery: DeliveryId, window: &LogWindow) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -215,7 +215,7 @@ pub async fn list(
 }
 
 /// A task's routing key (its webhook's shard), bytes and properties.
-fn task_message(
+pub(crate) fn task_message(
     topology: &aioka_queue::Topology,
     task: DeliveryTask,
 ) -> (String, Vec<u8>, aioka_queue::lapin::BasicProperties) {
@@ -419,6 +419,7 @@ async fn settle_test_publish(
         return Some(ApiError::unavailable(cause));
     }
     Some(ApiError::partly_sent(
+        "test_event_partly_sent",
         partly_sent_message(event_id, &split.sent, &split.unsent),
         cause,
     ))

@@ -75,20 +75,17 @@ impl ApiError {
         }
     }
 
-    /// A dependency (database, broker) is unavailable: the client may retry.
-    /// 503 `test_event_partly_sent`: a batch reached the broker in part. `message` says which
-    /// part (the customer's own webhook ids, nothing internal); `cause` is for the log.
-    pub fn partly_sent(message: String, cause: impl std::fmt::Display) -> Self {
+    /// 503 `code` (`test_event_partly_sent`, `recovery_partly_queued`): a batch reached the
+    /// broker in part. `message` says which part and what to do (nothing internal); `cause`
+    /// is for the log.
+    pub fn partly_sent(code: &'static str, message: String, cause: impl std::fmt::Display) -> Self {
         Self {
             internal: Some(cause.to_string()),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "test_event_partly_sent",
-                message,
-            )
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
         }
     }
 
+    /// A dependency (database, broker) is unavailable: the client may retry.
     pub fn unavailable(cause: impl std::fmt::Display) -> Self {
         Self {
             internal: Some(cause.to_string()),

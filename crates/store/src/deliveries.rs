@@ -355,7 +355,7 @@ fn to_i32(n: u32) -> i32 {
 
 /// Repairs before making a write again: twice at most (the second repair finds anything
 /// the first could not see, such as a partition dropped in between).
-const REPAIRS: usize = 2;
+pub(crate) const REPAIRS: usize = 2;
 
 impl Store {
     /// Creates a pending delivery of the stored `event` for each webhook (idempotent: the

@@ -12,6 +12,7 @@ mod keys;
 mod listen;
 mod partitions;
 mod pool;
+mod recovery;
 mod seed;
 mod webhooks;
 
@@ -30,5 +31,6 @@ pub use partitions::{
     PartitionPolicy,
 };
 pub use pool::{DatabaseSettings, Store};
+pub use recovery::{Recovered, RecoveredTask, RecoveryLimits};
 pub use seed::SeedWebhook;
 pub use webhooks::{NewWebhook, WebhookPatch, WebhookRecord, WebhookWriteError};

@@ -249,7 +249,8 @@ const DISABLED_BY_CUSTOMER: &str = "disabled by the customer";
 
 impl Store {
     /// Applies `patch` to one of the owner's webhooks. Enabling resets the failure count and
-    /// clears the disable reason; disabling records that the customer did it.
+    /// clears the disable reason (and enabling a disabled one records when, for recovery);
+    /// disabling records that the customer did it.
     #[tracing::instrument(skip_all, fields(key_id = %owner, webhook_id = %id))]
     pub async fn update_webhook(
         &self,
@@ -276,6 +277,8 @@ impl Store {
                          disabled_at = CASE WHEN $5 THEN NULL
                                             WHEN NOT $5 AND is_active THEN now()
                                             ELSE disabled_at END,
+                         enabled_at = CASE WHEN $5 AND NOT is_active THEN now()
+                                           ELSE enabled_at END,
                          updated_at = now()
                      WHERE id = $1 AND api_key_id = $2 AND deleted_at IS NULL
                      RETURNING {COLUMNS}"

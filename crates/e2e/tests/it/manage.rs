@@ -557,3 +557,189 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_overlap_ends_then_a
         .await;
     assert_eq!(response.status(), 404);
 }
+
+#[tokio::test]
+async fn recovery_re_sends_once_each_what_a_disabled_webhook_missed_and_nothing_it_got() {
+    use std::collections::BTreeMap;
+
+    use aioka_core::{DeliveryId, EventId, WebhookId};
+
+    // One attempt per delivery, disabled after two failures in a row.
+    let system = System::start_with(Options {
+        schedule: "",
+        delivery_env: vec![("AIOKA__DELIVERY__DISABLE_AFTER", "2".to_owned())],
+        ..Options::default()
+    })
+    .await;
+    let (receiver, customer, producer, webhook, secret) =
+        system.subscriber(&["verdict.new", "regime.change"]).await;
+    let webhook_id: WebhookId = webhook.parse().unwrap();
+    let delivery_of = |event: &str| {
+        DeliveryId::for_pair(event.parse::<EventId>().unwrap(), webhook_id).to_string()
+    };
+    let since = aioka_core::event::format_timestamp(chrono::Utc::now());
+    let recover = |body: Value| {
+        let (system, customer, webhook) = (&system, &customer, &webhook);
+        async move {
+            system
+                .post(&format!("/v1/webhooks/{webhook}/recover"), customer, &body)
+                .await
+        }
+    };
+
+    // The receiver is down: two deliveries fail and the webhook is disabled.
+    receiver.respond_with(500);
+    let mut failed = Vec::new();
+    for _ in 0..2 {
+        let event = system
+            .publish(&producer, sample(EventType::VerdictNew))
+            .await;
+        system
+            .wait_for_delivery(&customer, &webhook, |d| {
+                d["event_id"] == event.as_str() && d["status"] == "failed"
+            })
+            .await;
+        failed.push(event);
+    }
+    system
+        .wait_for_webhook(&customer, &webhook, |w| w["is_active"] == false)
+        .await;
+
+    // While it is disabled: two events of its types and one of another type, fanned out to
+    // nobody.
+    let mut missed = Vec::new();
+    let mut others = Vec::new();
+    for (event_type, subscribed) in [
+        (EventType::RegimeChange, true),
+        (EventType::MacroAlert, false),
+        (EventType::VerdictNew, true),
+    ] {
+        let event = system.publish(&producer, sample(event_type)).await;
+        let id: EventId = event.parse().unwrap();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while system.db.store.fanout_progress(id).await.unwrap() != Some((0, true)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{event} never fanned out"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        if subscribed { &mut missed } else { &mut others }.push(event);
+    }
+    let r = recover(json!({ "since": since })).await;
+    assert_eq!(r.status(), 409, "a disabled webhook is enabled first");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "webhook_disabled");
+
+    // Fixed and enabled again. An event accepted now goes out at once; while its attempt is
+    // still on the wire (no row in the log yet), recovery must not send it a second time.
+    receiver.respond_with(200);
+    let r = system
+        .patch(
+            &format!("/v1/webhooks/{webhook}"),
+            &customer,
+            &json!({ "is_active": true }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    receiver.delay(std::time::Duration::from_secs(2));
+    let live = system
+        .publish(&producer, sample(EventType::VerdictNew))
+        .await;
+    let before = receiver.received().len();
+    let arrived = receiver.wait_for(before + 1, PATIENCE).await;
+    assert_eq!(
+        arrived[before].header("x-aioka-delivery"),
+        delivery_of(&live)
+    );
+    receiver.delay(std::time::Duration::ZERO);
+
+    let r = recover(json!({ "since": since })).await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            &body["queued"],
+            &body["failed"],
+            &body["skipped"],
+            &body["never_sent"]
+        ),
+        (&json!(4), &json!(2), &json!(0), &json!(2)),
+        "{body}"
+    );
+    assert_eq!(body["next_since"], Value::Null);
+
+    // Every recovered delivery ends succeeded in the log (the never-sent ones are in it now).
+    for event in failed.iter().chain(&missed) {
+        let path = format!("/v1/webhooks/{webhook}/deliveries/{}", delivery_of(event));
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let log = system.get_json(&path, &customer).await;
+            if log["status"] == "succeeded" {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{log}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    // A second recovery of the same window finds nothing left to send.
+    let r = recover(json!({ "since": since })).await;
+    assert_eq!(r.status(), 202);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["queued"], 0, "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for request in receiver.received() {
+        assert!(request.seed_signature_valid(&secret));
+        seen.entry(request.header("x-aioka-delivery").to_owned())
+            .or_default()
+            .push(request.header("x-aioka-attempt").to_owned());
+    }
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for event in &failed {
+        expected.insert(delivery_of(event), vec!["1".into(), "2".into()]);
+    }
+    for event in missed.iter().chain([&live]) {
+        expected.insert(delivery_of(event), vec!["1".into()]);
+    }
+    // The receiver got exactly what it missed, each once more, and nothing it had.
+    assert_eq!(seen, expected);
+    for event in &others {
+        assert!(
+            !seen.contains_key(&delivery_of(event)),
+            "unsubscribed type sent"
+        );
+    }
+
+    // Bad requests name what is wrong; another key's webhook is not found.
+    for (body, code, field) in [
+        (json!({}), "missing_field", "since"),
+        (json!({ "since": "yesterday" }), "invalid_field", "since"),
+        (
+            json!({ "since": since, "until": 5 }),
+            "invalid_field",
+            "until",
+        ),
+        (
+            json!({ "since": since, "from": since }),
+            "unknown_field",
+            "from",
+        ),
+    ] {
+        let r = recover(body.clone()).await;
+        assert_eq!(r.status(), 422, "{body}");
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(answer["error"]["code"], code, "{body}");
+        assert_eq!(answer["error"]["field"], field, "{body}");
+    }
+    let other = system.customer().await;
+    let r = system
+        .post(
+            &format!("/v1/webhooks/{webhook}/recover"),
+            &other,
+            &json!({ "since": since }),
+        )
+        .await;
+    assert_eq!(r.status(), 404);
+}

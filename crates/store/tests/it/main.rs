@@ -4,3 +4,4 @@
 mod fanout;
 mod partitions;
 mod recording;
+mod recovery;
