@@ -105,6 +105,19 @@ print("\nIn the isolation case 5 % of endpoints never answer (each attempt ends 
       "and 10 % answer 500; *expected* counts the healthy 85 %. The full run repeats it with the "
       "same 15 % of endpoints all answering 500, then all hanging, to show which of the two costs "
       "the time.\n")
+ordered = [r for r in results if r["label"].startswith("ordered")]
+if ordered:
+    print("## Ordered delivery: `\"ordering\": \"fifo\"` webhooks, one attempt in flight each\n")
+    print("| case | delivered / expected | lost | dup | seconds from 202 to last | deliveries/s, all | deliveries/s per webhook | p50 / p99 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in ordered:
+        lat = r.get("latency_ms") or {}
+        hooks = int(r["label"].split()[1])
+        print(f"| {r['label']} | {r['delivered']:,} / {r['expected']:,} | {r['lost']} | {r['duplicates']} | "
+              f"{f(r['seconds'], 2)} | {f(r['per_second'], 0)} | {f(r['per_second'] / hooks, 1)} | "
+              f"{f(lat.get('p50'), 0)} / {f(lat.get('p99'), 0)} |")
+    print("\nAn ordered webhook's own rate is what it costs: each delivery waits for the one before "
+          "it to be answered and recorded, and for the turn to be handed on.\n")
 print("## Sustained: a steady event rate × 1 000 subscribers\n")
 print("| case | events | delivered / expected | lost | deliveries/s | ingest-to-receipt p50 / p95 / p99 ms | deepest backlog |")
 print("|---|---|---|---|---|---|---|")

@@ -9,6 +9,7 @@ pub mod disable;
 pub mod event;
 pub mod ids;
 pub mod messages;
+pub mod ordering;
 pub mod retry;
 pub mod secret;
 pub mod shard;
@@ -18,6 +19,7 @@ pub mod url_policy;
 
 pub use event::{Envelope, EventType, FieldError};
 pub use ids::{ApiKeyId, DeliveryId, EventId, WebhookId};
+pub use ordering::DeliveryOrder;
 pub use secret::{ApiKey, EncryptionKey, KeyKind, TaskKey, WebhookSecret};
 
 /// The product name and version, as sent in `User-Agent`.

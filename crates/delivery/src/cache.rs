@@ -29,6 +29,8 @@ pub enum Target {
         /// The secret a rotation replaced, and when it stops being used (the attempt's time
         /// decides, not the cache's age).
         previous: Option<(WebhookSecret, chrono::DateTime<chrono::Utc>)>,
+        /// Ordered delivery: one at a time, in event order (`aioka_store::Turn`).
+        fifo: bool,
     },
     Disabled,
     /// Deleted, or never existed.
@@ -203,6 +205,7 @@ impl Cache {
                                         url: row.url,
                                         secret,
                                         previous,
+                                        fifo: row.fifo,
                                     },
                                     _ => Target::Undecryptable,
                                 }
@@ -285,6 +288,7 @@ mod tests {
             url: "https://example.test/".into(),
             secret: WebhookSecret::generate(),
             previous: None,
+            fifo: false,
         })
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aioka_store::{AttemptClaim, ClaimAsk, Store};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// The claim could not be asked: the database failed the batch, or the claimer has stopped.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +21,8 @@ type Reply = oneshot::Sender<Result<AttemptClaim, NotClaimed>>;
 #[derive(Debug, Clone)]
 pub struct Claimer {
     tx: mpsc::Sender<(ClaimAsk, Reply)>,
+    /// Ends the batch being gathered at once (`claim_now`).
+    flush: Arc<Notify>,
 }
 
 impl Claimer {
@@ -34,24 +36,29 @@ impl Claimer {
         writers: usize,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(batch_size.max(1) * 4);
+        let flush = Arc::new(Notify::new());
         let run = tokio::spawn(claim_loop(
             store,
             lease,
             batch_size.max(1),
-            flush_interval,
+            (flush_interval, flush.clone()),
             writers,
             rx,
         ));
-        (Self { tx }, run)
+        (Self { tx, flush }, run)
     }
 
-    /// Claims `ask` with the next batch and waits for its answer.
-    pub async fn claim(&self, ask: ClaimAsk) -> Result<AttemptClaim, NotClaimed> {
+    /// Claims `ask` with the next batch and waits for its answer; with `now`, that batch goes
+    /// at once (an ordered webhook's line waits on this claim).
+    pub async fn claim(&self, ask: ClaimAsk, now: bool) -> Result<AttemptClaim, NotClaimed> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send((ask, done))
             .await
             .map_err(|_| NotClaimed("the claimer has stopped".into()))?;
+        if now {
+            self.flush.notify_one();
+        }
         wait.await
             .map_err(|_| NotClaimed("the claimer has stopped".into()))?
     }
@@ -61,14 +68,15 @@ async fn claim_loop(
     store: Store,
     lease: Duration,
     batch_size: usize,
-    flush_interval: Duration,
+    (flush_interval, flush): (Duration, Arc<Notify>),
     writers: usize,
     mut rx: mpsc::Receiver<(ClaimAsk, Reply)>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(writers.max(1)));
     let mut running = tokio::task::JoinSet::new();
     while let Some(first) = rx.recv().await {
-        let batch = crate::recorder::gather(&mut rx, first, batch_size, flush_interval).await;
+        let batch =
+            crate::recorder::gather(&mut rx, first, batch_size, flush_interval, &flush).await;
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };

@@ -122,6 +122,7 @@ pub async fn run(
             usize::from(d.slow_lane_in_flight),
             d.slow_after,
         ),
+        fifo_settle: d.fifo_settle,
         cache,
         sender: client::Sender::new(&d, settings.security.allow_private_targets)?,
         recorder,

@@ -6,12 +6,13 @@
 //! starts a retry only for an attempt it recorded first.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aioka_core::WebhookId;
 use aioka_core::disable::DisableRule;
 use aioka_store::{AttemptRecord, Store};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Cache;
@@ -36,6 +37,8 @@ type Reply = oneshot::Sender<Result<Recorded, NotRecorded>>;
 #[derive(Debug, Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<(AttemptRecord, Reply)>,
+    /// Ends the batch being gathered at once (`record_now`).
+    flush: Arc<Notify>,
 }
 
 impl Recorder {
@@ -49,27 +52,42 @@ impl Recorder {
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(batch_size.max(1) * 4);
+        let flush = Arc::new(Notify::new());
         let writer = tokio::spawn(write_loop(
             store,
             cache,
             rule,
             batch_size.max(1),
-            flush_interval,
+            (flush_interval, flush.clone()),
             writers,
             rx,
             shutdown,
         ));
-        (Self { tx }, writer)
+        (Self { tx, flush }, writer)
     }
 
     /// Queues `record` and waits until it is committed. The writer ends, after writing
     /// everything queued, when the last `Recorder` is dropped.
     pub async fn record(&self, record: AttemptRecord) -> Result<Recorded, NotRecorded> {
+        self.record_with(record, false).await
+    }
+
+    /// As [`Recorder::record`], and the batch it joins is written at once, not at the end of
+    /// `record_flush_interval`: for a record something waits on (an ordered webhook's next
+    /// delivery waits for this one's end).
+    pub async fn record_now(&self, record: AttemptRecord) -> Result<Recorded, NotRecorded> {
+        self.record_with(record, true).await
+    }
+
+    async fn record_with(&self, record: AttemptRecord, now: bool) -> Result<Recorded, NotRecorded> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send((record, done))
             .await
             .map_err(|_| NotRecorded)?;
+        if now {
+            self.flush.notify_one();
+        }
         wait.await.map_err(|_| NotRecorded)?
     }
 }
@@ -80,7 +98,7 @@ async fn write_loop(
     cache: Cache,
     rule: DisableRule,
     batch_size: usize,
-    flush_interval: Duration,
+    (flush_interval, flush): (Duration, Arc<Notify>),
     writers: usize,
     mut rx: mpsc::Receiver<(AttemptRecord, Reply)>,
     shutdown: CancellationToken,
@@ -100,7 +118,7 @@ async fn write_loop(
     // The webhooks of each batch being written, and a receiver that ends when it is done.
     let mut in_flight: Vec<(HashSet<WebhookId>, watch::Receiver<()>)> = Vec::new();
     while let Some(first) = rx.recv().await {
-        let batch = gather(&mut rx, first, batch_size, flush_interval).await;
+        let batch = gather(&mut rx, first, batch_size, flush_interval, &flush).await;
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
@@ -131,12 +149,14 @@ async fn write_loop(
 }
 
 /// A batch: `first` and whatever else arrives within `wait` of it, up to `max` items (or
-/// until the channel closes).
+/// until the channel closes), or until `flush` is notified: then what is queued joins it
+/// (an item is queued before its sender notifies) and it goes at once.
 pub(crate) async fn gather<T>(
     rx: &mut mpsc::Receiver<T>,
     first: T,
     max: usize,
     wait: Duration,
+    flush: &Notify,
 ) -> Vec<T> {
     let mut batch = vec![first];
     let deadline = tokio::time::sleep(wait);
@@ -144,6 +164,15 @@ pub(crate) async fn gather<T>(
     while batch.len() < max {
         tokio::select! {
             _ = &mut deadline => break,
+            () = flush.notified() => {
+                while batch.len() < max {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                break;
+            }
             next = rx.recv() => match next {
                 Some(item) => batch.push(item),
                 None => break,

@@ -39,6 +39,10 @@ pub struct DeliverySettings {
     pub slow_after: Duration,
     /// Attempts in the slow lane at once, beyond `max_in_flight`.
     pub slow_lane_in_flight: u16,
+    /// An ordered webhook's delivery waits this long after its event was stored, so that an
+    /// event accepted before it, still on its way to fan-out, takes its place in line first.
+    #[serde(deserialize_with = "duration")]
+    pub fifo_settle: Duration,
     pub response_snippet_bytes: usize,
     pub max_response_bytes: usize,
     pub extra_root_certs: String,

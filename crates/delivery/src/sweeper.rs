@@ -86,17 +86,26 @@ impl Sweeper {
         Ok(published)
     }
 
-    /// The tagged task, marked redelivered (so it is claimed before it is sent), with its
-    /// shard's route.
     fn message(
         &self,
         task: DeliveryTask,
     ) -> (String, String, Vec<u8>, aioka_queue::lapin::BasicProperties) {
-        let task = task.authenticated(&self.task_key);
-        let mut headers: FieldTable = inject_trace_context();
-        headers.insert(REDELIVERED_HEADER.into(), AMQPValue::LongString("1".into()));
-        let props = persistent_json(Some(&task.delivery_id.to_string()), headers);
-        let (exchange, key) = self.publisher.topology().task_route(task.webhook_id);
-        (exchange, key, Task::V1(task).to_bytes(), props)
+        claimed_copy(self.publisher.topology(), &self.task_key, task)
     }
+}
+
+/// A task the delivery service publishes again from the database (a swept retry, the next
+/// delivery of an ordered webhook): tagged, marked redelivered (so it is claimed before it is
+/// sent, and of two copies only one ever is), with its shard's route.
+pub(crate) fn claimed_copy(
+    topology: &aioka_queue::Topology,
+    task_key: &TaskKey,
+    task: DeliveryTask,
+) -> (String, String, Vec<u8>, aioka_queue::lapin::BasicProperties) {
+    let task = task.authenticated(task_key);
+    let mut headers: FieldTable = inject_trace_context();
+    headers.insert(REDELIVERED_HEADER.into(), AMQPValue::LongString("1".into()));
+    let props = persistent_json(Some(&task.delivery_id.to_string()), headers);
+    let (exchange, key) = topology.task_route(task.webhook_id);
+    (exchange, key, Task::V1(task).to_bytes(), props)
 }

@@ -16,7 +16,7 @@ use aioka_queue::{
     persistent_json, run_consumer,
 };
 use aioka_runtime::Health;
-use aioka_store::{AttemptRecord, ChainState, ClaimOutcome, RecordKind, Store};
+use aioka_store::{AttemptRecord, ChainState, ClaimOutcome, RecordKind, Store, Turn};
 use chrono::Utc;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -44,6 +44,8 @@ pub(crate) struct Worker {
     /// of tasks, so the prefetch (in messages) alone does not bound them. An item of a batch
     /// waits here as a webhook id; its task is built when it gets a permit.
     pub lanes: crate::lanes::Lanes,
+    /// How long after its event was stored an ordered webhook's delivery may go.
+    pub fifo_settle: Duration,
     pub cache: Cache,
     pub sender: Sender,
     pub recorder: Recorder,
@@ -422,21 +424,63 @@ impl Worker {
         mut permit: Permit<'_>,
         slot: Slot<'_>,
     ) -> Done {
+        let Some(target) = self
+            .through_outage("webhook lookup", || self.cache.get(task.webhook_id))
+            .await
+        else {
+            return Done::Requeue;
+        };
+        // An ordered webhook's delivery goes when it heads the line (`aioka_store::Turn`).
+        // This comes before the claim: a copy that is not at the head claims nothing, so the
+        // copy handed the turn later is not held off by a claim of its own.
+        let ordered = matches!(target.as_ref(), Target::Active { fifo: true, .. }) && !task.test;
+        if ordered {
+            let Some(turn) = self
+                .through_outage("checking the delivery's turn", || {
+                    self.store
+                        .fifo_turn(task.webhook_id, task.event_id, self.fifo_settle)
+                })
+                .await
+            else {
+                return Done::Requeue;
+            };
+            match turn {
+                Turn::Mine => {}
+                Turn::AfterDelivery => {
+                    // The one ahead hands the turn on when it ends (`hand_on`); the sweep
+                    // republishes a head whose hand-over was lost.
+                    metrics::counter!("aioka_delivery_fifo_waits_total", "behind" => "delivery")
+                        .increment(1);
+                    tracing::debug!("an earlier delivery of this ordered webhook is pending");
+                    return Done::Ack;
+                }
+                Turn::AfterFanout => {
+                    metrics::counter!("aioka_delivery_fifo_waits_total", "behind" => "fanout")
+                        .increment(1);
+                    tracing::debug!("an earlier event is still being fanned out; putting off");
+                    return self.put_off(publisher, carrier, &task, redelivered).await;
+                }
+            }
+        }
         // A redelivered task may have been sent and recorded by a process that died before
         // acking it, and a retry may be a copy of one already made or being made: before
         // sending, claim the attempt (in a batch of claims; of two copies asking at once one wins).
         // The copy `resume_chain` publishes after a lost ack, or a chunk fanout republished
         // after a broker outage, then never sends an attempt a second time while the process
         // holding it lives. First attempts that come for the first time (nearly all of the
-        // traffic) skip this write.
-        if redelivered || task.attempt_in_series() > 1 {
+        // traffic) skip this write, unless ordered: a head can be handed its turn while its
+        // own first task is on its way.
+        if redelivered || task.attempt_in_series() > 1 || ordered {
             let Some(claim) = self
                 .through_outage("claiming the attempt", || {
-                    self.claimer.claim(aioka_store::ClaimAsk {
-                        event: task.event_id,
-                        delivery: task.delivery_id,
-                        attempt: task.attempt,
-                    })
+                    self.claimer.claim(
+                        aioka_store::ClaimAsk {
+                            event: task.event_id,
+                            delivery: task.delivery_id,
+                            attempt: task.attempt,
+                        },
+                        ordered,
+                    )
                 })
                 .await
             else {
@@ -466,17 +510,12 @@ impl Worker {
                 }
             }
         }
-        let Some(target) = self
-            .through_outage("webhook lookup", || self.cache.get(task.webhook_id))
-            .await
-        else {
-            return Done::Requeue;
-        };
         let (url, signing) = match target.as_ref() {
             Target::Active {
                 url,
                 secret,
                 previous,
+                ..
             } => (
                 url,
                 crate::client::Signing {
@@ -488,9 +527,9 @@ impl Worker {
                         .map(|(old, _)| old),
                 },
             ),
-            Target::Disabled => return self.skip(&task, "webhook disabled").await,
-            Target::Gone => return self.skip(&task, "webhook deleted").await,
-            Target::KeyInactive(reason) => return self.skip(&task, reason).await,
+            Target::Disabled => return self.skip(publisher, &task, "webhook disabled").await,
+            Target::Gone => return self.skip(publisher, &task, "webhook deleted").await,
+            Target::KeyInactive(reason) => return self.skip(publisher, &task, reason).await,
             Target::Undecryptable => {
                 let reason =
                     "the webhook's secret does not decrypt with this service's security.secret_key";
@@ -558,7 +597,13 @@ impl Worker {
         // The record comes first and the retry after it, so that only the one process that
         // recorded this attempt first continues its chain: a task redelivered after a crash
         // is sent again, but its record is a duplicate and starts no second series.
-        match self.recorder.record(record).await {
+        // An ordered webhook's line waits on this record: it goes at once, not with a batch.
+        let recorded = if ordered {
+            self.recorder.record_now(record).await
+        } else {
+            self.recorder.record(record).await
+        };
+        match recorded {
             Ok(Recorded::Fresh) => {
                 if let Some((tier, _)) = retry
                     && !self.publish_retry(publisher, &task, tier).await
@@ -566,6 +611,9 @@ impl Worker {
                     // Recorded but not scheduled: the redelivered task finds its attempt
                     // recorded and schedules the retry (see `resume_chain`).
                     return requeue_unless_closed(publisher);
+                }
+                if ordered && retry.is_none() {
+                    self.hand_on(publisher, task.webhook_id).await;
                 }
                 metrics::counter!("aioka_deliveries_total", "outcome" => outcome).increment(1);
                 Done::Ack
@@ -654,8 +702,36 @@ impl Worker {
         }
     }
 
-    /// Drops a task without sending and records why.
-    async fn skip(&self, task: &DeliveryTask, reason: &'static str) -> Done {
+    /// After a delivery of an ordered webhook ended: publishes the next one in its line, if it
+    /// waits for its turn (`aioka_store::Store::next_in_line`; for an unordered webhook there
+    /// is none). A failure here costs time, not the delivery: the retry sweep publishes a head
+    /// whose due time has passed by `delivery.retry_sweep_after`.
+    async fn hand_on(&self, publisher: &Publisher, webhook: aioka_core::WebhookId) {
+        let next = match self.store.next_in_line(webhook).await {
+            Ok(Some(next)) => next,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not find the next delivery of an ordered webhook; the retry sweep will");
+                return;
+            }
+        };
+        let delivery = next.delivery_id;
+        let (exchange, key, body, props) =
+            crate::sweeper::claimed_copy(&self.topology, &self.task_key, next);
+        match publisher.publish(&exchange, &key, &body, props).await {
+            Ok(()) => {
+                metrics::counter!("aioka_delivery_fifo_handovers_total").increment(1);
+                tracing::debug!(next = %delivery, "turn handed on");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, next = %delivery, "could not hand the turn on; the retry sweep will");
+            }
+        }
+    }
+
+    /// Drops a task without sending and records why; an ordered webhook's next delivery then
+    /// takes its turn (and is skipped in its turn too, if the webhook is still disabled).
+    async fn skip(&self, publisher: &Publisher, task: &DeliveryTask, reason: &'static str) -> Done {
         tracing::info!(reason, "task skipped");
         metrics::counter!("aioka_deliveries_total", "outcome" => "skipped").increment(1);
         let record = AttemptRecord {
@@ -667,7 +743,12 @@ impl Worker {
             kind: RecordKind::Skipped { reason },
         };
         match self.recorder.record(record).await {
-            Ok(_) => Done::Ack,
+            Ok(recorded) => {
+                if recorded == Recorded::Fresh && !task.test {
+                    self.hand_on(publisher, task.webhook_id).await;
+                }
+                Done::Ack
+            }
             Err(_) => Done::Requeue,
         }
     }

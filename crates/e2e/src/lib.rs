@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod ordered;
 pub mod real;
 
 use std::time::Duration;

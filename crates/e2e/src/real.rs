@@ -63,7 +63,12 @@ fn start(bin: &Path, name: &str, env: &TestEnv, log: &Path) -> Service {
             command.env_remove(key);
         }
     }
-    let log = std::fs::File::create(log.join(format!("{name}.log"))).unwrap();
+    // Appended: a restarted service's lines follow those of the one before it.
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log.join(format!("{name}.log")))
+        .unwrap();
     let child = command
         .envs(env.vars().iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -108,7 +113,9 @@ pub struct Stack {
     /// The broker prefix of this stack's queues (`<prefix>.delivery`, …).
     pub prefix: String,
     pub logs: PathBuf,
-    _services: Vec<Service>,
+    bin: PathBuf,
+    env: TestEnv,
+    services: Vec<(&'static str, Service)>,
     _db: TestDb,
     _broker: TestBroker,
 }
@@ -148,10 +155,11 @@ impl Stack {
         for (k, v) in settings {
             env.set(k, v);
         }
-        let services: Vec<Service> = ["aioka-gateway", "aioka-fanout", "aioka-delivery"]
-            .iter()
-            .map(|name| start(&bin, name, &env, &logs))
-            .collect();
+        let services: Vec<(&'static str, Service)> =
+            ["aioka-gateway", "aioka-fanout", "aioka-delivery"]
+                .into_iter()
+                .map(|name| (name, start(&bin, name, &env, &logs)))
+                .collect();
         let client = aioka_testkit::http_client();
         for (port, name) in [
             (gw_admin, "aioka-gateway"),
@@ -172,7 +180,9 @@ impl Stack {
             delivery_admin: dl_admin,
             prefix: broker.prefix.clone(),
             logs,
-            _services: services,
+            bin,
+            env,
+            services,
             _db: db,
             _broker: broker,
         }
@@ -199,6 +209,33 @@ impl Stack {
             .post("/v1/events", &self.producer, &sample(EventType::VerdictNew))
             .await;
         assert_eq!(r.status(), 202);
+    }
+
+    /// `kill -9` of a service (`aioka-delivery`, say): no shutdown, nothing acknowledged or
+    /// recorded that was not already.
+    pub fn kill9(&mut self, name: &str) {
+        let (_, service) = self
+            .services
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("no service {name}"));
+        service.0.kill().unwrap();
+        service.0.wait().unwrap();
+    }
+
+    /// Starts a killed service again, with the same settings, and waits until it is ready
+    /// (its log goes on in the same file, after the killed one's).
+    pub async fn restart(&mut self, name: &'static str) {
+        let admin = match name {
+            "aioka-gateway" => self.gateway_admin,
+            "aioka-fanout" => self.fanout_admin,
+            _ => self.delivery_admin,
+        };
+        let service = start(&self.bin, name, &self.env, &self.logs);
+        if let Some(slot) = self.services.iter_mut().find(|(n, _)| *n == name) {
+            slot.1 = service;
+        }
+        wait_ready(&aioka_testkit::http_client(), admin, name, &self.logs).await;
     }
 
     pub fn log(&self, service: &str) -> String {

@@ -55,6 +55,14 @@ const ONLY_WHEN_IT_HAPPENS: &[(&str, &str)] = &[
     ),
     ("aioka_webhooks_disabled_total", "a webhook was disabled"),
     (
+        "aioka_delivery_fifo_waits_total",
+        "a task of an ordered webhook came before its turn (tests/it/ordering.rs)",
+    ),
+    (
+        "aioka_delivery_fifo_handovers_total",
+        "an ordered webhook's delivery ended (tests/it/ordering.rs)",
+    ),
+    (
         "aioka_delivery_retries_swept_total",
         "a retry the broker lost was published again (tests/it/chains.rs)",
     ),

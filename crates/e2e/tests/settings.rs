@@ -60,6 +60,7 @@ fn values(ca: &TestCa, broker_url: &str) -> Vec<(&'static str, String)> {
         ("delivery.max_in_flight", "512".into()),
         ("delivery.max_in_flight_per_webhook", "4".into()),
         ("delivery.slow_after", "2s".into()),
+        ("delivery.fifo_settle", "300ms".into()),
         ("delivery.slow_lane_in_flight", "1024".into()),
         ("delivery.response_snippet_bytes", "512".into()),
         ("delivery.max_response_bytes", "32768".into()),

@@ -126,6 +126,12 @@ impl Worker {
                 Some("http") => EventSource::Http,
                 _ => EventSource::Amqp,
             };
+            let accepted_at = header_str(
+                delivery.properties.headers().as_ref(),
+                aioka_queue::ACCEPTED_AT_HEADER,
+            )
+            .and_then(|micros| micros.parse::<i64>().ok())
+            .and_then(chrono::DateTime::from_timestamp_micros);
             // This message's claim token: its own retries re-take the claim at once; another
             // copy of the event (or this message redelivered after a crash) waits it out.
             let holder = uuid::Uuid::new_v4();
@@ -134,7 +140,10 @@ impl Worker {
             let claim = self.store.claim_guard(event.id, holder);
             let mut backoff = Duration::from_millis(100);
             loop {
-                match self.fan_out(publisher, &event, source, holder).await {
+                match self
+                    .fan_out(publisher, &event, (source, accepted_at), holder)
+                    .await
+                {
                     Ok(tasks) => {
                         claim.disarm();
                         tracing::Span::current().record("tasks", tasks);
@@ -176,7 +185,7 @@ impl Worker {
         &self,
         publisher: &Publisher,
         event: &ValidEvent,
-        source: EventSource,
+        (source, accepted_at): (EventSource, Option<chrono::DateTime<chrono::Utc>>),
         holder: uuid::Uuid,
     ) -> Result<u64, Transient> {
         let body = String::from_utf8_lossy(&event.envelope.to_body()).into_owned();
@@ -186,6 +195,7 @@ impl Worker {
             occurred_at: event.occurred_at,
             body: &body,
             source,
+            accepted_at,
         };
         // Another claim on the event means a worker is fanning it out now, or was when it
         // died: this message may be that very message, redelivered. Hold it until the event
@@ -231,12 +241,20 @@ impl Worker {
                 .store
                 .subscribers_page(event.envelope.event, cursor, chunk)
                 .await?;
-            let Some(&last) = page.last() else { break };
-            // No delivery rows here: the delivery service's batched recorder creates each row
-            // with its first attempt. Writing them here too cost a third of PostgreSQL's work
-            // per delivery (measured with scripts/bench); the event row and its fan-out
-            // progress are what recovery needs.
-            let sent = self.publish_tasks(publisher, event, &body, &page).await?;
+            let Some(last) = page.last().map(|s| s.id) else {
+                break;
+            };
+            // No delivery rows here for unordered webhooks: the delivery service's batched
+            // recorder creates each row with its first attempt. Writing them here too cost a
+            // third of PostgreSQL's work per delivery (measured with scripts/bench); the event
+            // row and its fan-out progress are what recovery needs. An ordered (fifo)
+            // webhook's row is written first, so that a later delivery finds it and waits.
+            let fifo: Vec<WebhookId> = page.iter().filter(|s| s.fifo).map(|s| s.id).collect();
+            if !fifo.is_empty() {
+                self.store.insert_in_line(event.id, &fifo).await?;
+            }
+            let ids: Vec<WebhookId> = page.iter().map(|s| s.id).collect();
+            let sent = self.publish_tasks(publisher, event, &body, &ids).await?;
             if let Some(previous) = in_air.replace((sent, last, page.len())) {
                 published += self.settle(event, holder, previous).await?;
             }

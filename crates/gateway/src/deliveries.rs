@@ -300,6 +300,7 @@ pub async fn send_test(
             occurred_at,
             body: &body,
             source: EventSource::Test,
+            accepted_at: None,
         })
         .await?;
     state

@@ -83,6 +83,14 @@ pub async fn ingest(
         ShortString::from(SOURCE_HEADER),
         AMQPValue::LongString(LongString::from("http")),
     );
+    // The order of ordered delivery: when the event was accepted, not when fan-out (one of
+    // several, each with several messages in hand) stores it.
+    headers.insert(
+        ShortString::from(aioka_queue::ACCEPTED_AT_HEADER),
+        AMQPValue::LongString(LongString::from(
+            chrono::Utc::now().timestamp_micros().to_string(),
+        )),
+    );
     let topology = state.publisher.topology();
     state
         .publisher

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use aioka_core::event::EventType;
 use aioka_core::url_policy::{HostToResolve, WebhookUrl, check_resolved};
-use aioka_core::{FieldError, WebhookId, WebhookSecret};
+use aioka_core::{DeliveryOrder, FieldError, WebhookId, WebhookSecret};
 use aioka_store::{NewWebhook, WebhookPatch, WebhookRecord, WebhookWriteError};
 use axum::Json;
 use axum::extract::State;
@@ -27,6 +27,7 @@ pub(crate) fn webhook_json(w: &WebhookRecord) -> Value {
         "id": w.id,
         "url": w.url,
         "events": w.events,
+        "ordering": w.ordering,
         "is_active": w.is_active,
         "consecutive_failures": w.consecutive_failures,
         "disabled_reason": w.disabled_reason,
@@ -147,9 +148,10 @@ pub async fn register(
 ) -> Result<Response, ApiError> {
     customer.require_webhooks()?;
     let object = body_object(&body)?;
-    reject_unknown_fields(object, &["url", "events"])?;
+    reject_unknown_fields(object, &["url", "events", "ordering"])?;
     let url = parse_url(&state, object.get("url")).await?;
     let events = parse_events(object.get("events"))?;
+    let ordering = parse_ordering(object.get("ordering"))?.unwrap_or_default();
     let secret = WebhookSecret::generate();
     let new = NewWebhook {
         id: WebhookId::new(),
@@ -157,6 +159,7 @@ pub async fn register(
         url: &url,
         events: &events,
         secret: &secret,
+        ordering,
     };
     let record = state
         .store
@@ -229,8 +232,22 @@ pub async fn delete(
     }
 }
 
-/// `PATCH /v1/webhooks/{id}` `{"url"?, "events"?, "is_active"?}`: re-enabling resets the
-/// failure count and clears the disable reason.
+/// `ordering`, if given: `unordered` or `fifo`.
+fn parse_ordering(value: Option<&Value>) -> Result<Option<DeliveryOrder>, ApiError> {
+    value
+        .map(|v| {
+            v.as_str()
+                .and_then(DeliveryOrder::from_name)
+                .ok_or_else(|| {
+                    FieldError::invalid("ordering", "ordering must be \"unordered\" or \"fifo\"")
+                        .into()
+                })
+        })
+        .transpose()
+}
+
+/// `PATCH /v1/webhooks/{id}` `{"url"?, "events"?, "is_active"?, "ordering"?}`: re-enabling
+/// resets the failure count and clears the disable reason.
 #[tracing::instrument(skip_all, fields(key_id = %customer.0.id, webhook_id = %id))]
 pub async fn update(
     State(state): State<AppState>,
@@ -240,14 +257,15 @@ pub async fn update(
 ) -> Result<Json<Value>, ApiError> {
     customer.require_webhooks()?;
     let object = body_object(&body)?;
-    reject_unknown_fields(object, &["url", "events", "is_active"])?;
+    reject_unknown_fields(object, &["url", "events", "is_active", "ordering"])?;
     if object.is_empty() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "empty_patch",
-            "send at least one of url, events, is_active",
+            "send at least one of url, events, is_active, ordering",
         ));
     }
+    let ordering = parse_ordering(object.get("ordering"))?;
     let url = match object.get("url") {
         Some(_) => Some(parse_url(&state, object.get("url")).await?),
         None => None,
@@ -267,6 +285,7 @@ pub async fn update(
         url: url.as_deref(),
         events: events.as_deref(),
         is_active,
+        ordering,
     };
     let webhook = state
         .store

@@ -21,6 +21,7 @@ pub use lapin;
 pub use publisher::{Pending, Publisher, QueueError, connect, header_str, persistent_json};
 pub use shared::{Published, SharedPublisher};
 pub use topology::{
-    AmqpSettings, DEFER_KEY, DELIVERY_KEY, PARK_REASON_HEADER, PARK_SOURCE_HEADER, Part, Topology,
+    ACCEPTED_AT_HEADER, AmqpSettings, DEFER_KEY, DELIVERY_KEY, PARK_REASON_HEADER,
+    PARK_SOURCE_HEADER, Part, Topology,
 };
 pub use trace::{extract_trace_context, inject_trace_context};

@@ -26,6 +26,10 @@ pub const DEFER_DELAY_MS: i64 = 1000;
 pub const PARK_REASON_HEADER: &str = "x-aioka-park-reason";
 /// Header naming the queue a parked message came from.
 pub const PARK_SOURCE_HEADER: &str = "x-aioka-park-source";
+/// On an event the gateway accepted: when, in microseconds since the Unix epoch (decimal),
+/// by the gateway's clock. Fan-out stores it as the event's `accepted_at`, the order of
+/// ordered delivery.
+pub const ACCEPTED_AT_HEADER: &str = "x-aioka-accepted-at";
 
 /// `[amqp]` settings. `Debug` hides the URLs' passwords.
 #[derive(Clone, Deserialize)]

@@ -291,6 +291,8 @@ pub struct DeliveryTarget {
     pub key_free_tier: bool,
     /// The secret a rotation replaced, while its overlap lasts (see V13), and when it ends.
     pub previous_secret: Option<(Vec<u8>, DateTime<Utc>)>,
+    /// Ordered delivery (`fifo`, V15).
+    pub fifo: bool,
 }
 
 /// [`Store::claim_attempts`]' statement: the asks as arrays (delivery, attempt, event),
@@ -600,7 +602,8 @@ impl Store {
             .prepare_cached(
                 "SELECT w.id, w.url, w.secret_sealed, w.is_active, w.deleted_at IS NOT NULL,
                         k.revoked_at IS NOT NULL, k.tier = 'free',
-                        w.previous_secret_sealed, w.previous_secret_expires_at
+                        w.previous_secret_sealed, w.previous_secret_expires_at,
+                        w.ordering = 'fifo'
                  FROM webhooks w JOIN api_keys k ON k.id = w.api_key_id
                  WHERE w.id = ANY($1)",
             )
@@ -620,6 +623,7 @@ impl Store {
                         (Some(sealed), Some(until)) => Some((sealed, until)),
                         _ => None,
                     },
+                    fifo: r.try_get(9)?,
                 })
             })
             .collect()
@@ -848,6 +852,16 @@ impl Store {
                        AND (swept_attempt IS NULL OR swept_attempt <= attempts
                             OR next_attempt_at
                                < now() - make_interval(secs => $1::bigint * 10 / 1000.0))
+                       -- An ordered webhook's delivery waiting behind an earlier one is not
+                       -- missing: only the head of its line is published again.
+                       AND NOT EXISTS (
+                           SELECT 1 FROM fifo_line me
+                           JOIN fifo_line l ON l.webhook_id = me.webhook_id
+                                           AND (l.accepted_at, l.event_id)
+                                               < (me.accepted_at, me.event_id)
+                           JOIN deliveries p ON p.id = l.delivery_id
+                                            AND p.event_received_at = l.event_received_at
+                           WHERE me.delivery_id = deliveries.id AND p.status = 'pending')
                      ORDER BY next_attempt_at
                      LIMIT $2
                      FOR UPDATE SKIP LOCKED),

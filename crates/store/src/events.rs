@@ -53,6 +53,15 @@ impl Drop for ClaimGuard {
     }
 }
 
+/// A webhook an event is fanned out to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscriber {
+    pub id: WebhookId,
+    /// Its deliveries go one at a time in event order: fan-out writes their rows before it
+    /// publishes their tasks, so that a later one can see it must wait.
+    pub fifo: bool,
+}
+
 /// Where an event came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventSource {
@@ -79,6 +88,10 @@ pub struct NewEvent<'a> {
     pub occurred_at: DateTime<Utc>,
     pub body: &'a str,
     pub source: EventSource,
+    /// When the gateway accepted it (`None`: published straight to the broker, or a test
+    /// event). Kept only within the hour before it is stored: a stamp further off is a clock
+    /// gone wrong, and the event is ordered by when it was stored.
+    pub accepted_at: Option<DateTime<Utc>>,
 }
 
 /// The result of trying to claim an event's fan-out.
@@ -131,8 +144,12 @@ impl Store {
         let client = self.pool.get().await?;
         let statement = client
             .prepare_cached(
-                "INSERT INTO events (id, event_type, occurred_at, body, source)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO events (id, event_type, occurred_at, body, source, accepted_at)
+                     VALUES ($1, $2, $3, $4, $5,
+                             CASE WHEN $6::timestamptz BETWEEN now() - interval '1 hour'
+                                                           AND now() + interval '1 second'
+                                  THEN $6::timestamptz END)
+                     ON CONFLICT (id) DO NOTHING",
             )
             .await?;
         client
@@ -144,6 +161,7 @@ impl Store {
                     &event.occurred_at,
                     &event.body,
                     &event.source.as_str(),
+                    &event.accepted_at,
                 ],
             )
             .await?;
@@ -181,14 +199,15 @@ impl Store {
     }
 
     /// Up to `limit` active webhooks subscribed to `event_type` after `after`, in id order, of
-    /// keys that are neither revoked nor on the Free tier.
+    /// keys that are neither revoked nor on the Free tier, each with whether it is ordered
+    /// (`fifo`).
     #[tracing::instrument(skip_all, fields(event_type = %event_type))]
     pub async fn subscribers_page(
         &self,
         event_type: EventType,
         after: Option<WebhookId>,
         limit: i64,
-    ) -> Result<Vec<WebhookId>, StoreError> {
+    ) -> Result<Vec<Subscriber>, StoreError> {
         let client = self.pool.get().await?;
         let query = client
             .prepare_cached(&subscribers_query(event_type, after.is_some()))
@@ -198,7 +217,12 @@ impl Store {
             None => client.query(&query, &[&limit]).await?,
         };
         rows.iter()
-            .map(|r| Ok(WebhookId::from_uuid(r.try_get(0)?)))
+            .map(|r| {
+                Ok(Subscriber {
+                    id: WebhookId::from_uuid(r.try_get(0)?),
+                    fifo: r.try_get(1)?,
+                })
+            })
             .collect()
     }
 
@@ -385,7 +409,7 @@ impl Store {
 #[doc(hidden)]
 pub fn subscribers_query(event_type: EventType, after: bool) -> String {
     let select = format!(
-        "SELECT w.id FROM webhooks w JOIN api_keys k ON k.id = w.api_key_id
+        "SELECT w.id, w.ordering = 'fifo' FROM webhooks w JOIN api_keys k ON k.id = w.api_key_id
          WHERE w.events @> ARRAY['{}']::text[] AND w.deleted_at IS NULL AND w.is_active
            AND k.revoked_at IS NULL AND k.tier <> 'free'",
         event_type.as_str()

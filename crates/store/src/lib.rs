@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod keys;
 mod listen;
+mod ordering;
 mod partitions;
 mod pool;
 mod recovery;
@@ -23,9 +24,12 @@ pub use deliveries::{
     RecordKind, RecordedAttempt, Resend, ResendError,
 };
 pub use error::StoreError;
-pub use events::{Claim, ClaimGuard, EventSource, NewEvent, Progress, subscribers_query};
+pub use events::{
+    Claim, ClaimGuard, EventSource, NewEvent, Progress, Subscriber, subscribers_query,
+};
 pub use keys::{KeyRecord, NewKey};
 pub use listen::{WEBHOOK_CHANGED, listen_webhook_changes};
+pub use ordering::Turn;
 pub use partitions::{
     InvalidSetting, LogWindow, MAINTENANCE_LOCK, MAX_RETAINED_PARTITIONS, Maintained, Partition,
     PartitionPolicy,

@@ -241,6 +241,8 @@ impl Store {
         let fresh_events: Vec<Uuid> = fresh.iter().map(|(e, _)| e.id).collect();
         let fresh_keys: Vec<DateTime<Utc>> = fresh.iter().map(|(e, _)| e.received_at).collect();
         let all_events: Vec<Uuid> = wanted.iter().map(|(e, _)| e.id).collect();
+        let all_ids: Vec<Uuid> = wanted.iter().map(|(e, _)| pair(e)).collect();
+        let all_keys: Vec<DateTime<Utc>> = wanted.iter().map(|(e, _)| e.received_at).collect();
         let mut repairs = 0;
         let (claimed, bodies) = loop {
             match self
@@ -248,7 +250,7 @@ impl Store {
                     webhook,
                     (&ended_ids, &ended_keys),
                     (&fresh_ids, &fresh_events, &fresh_keys),
-                    &all_events,
+                    (&all_ids, &all_events, &all_keys),
                 )
                 .await
             {
@@ -296,7 +298,7 @@ impl Store {
         webhook: WebhookId,
         (ended_ids, ended_keys): (&[Uuid], &[DateTime<Utc>]),
         (fresh_ids, fresh_events, fresh_keys): (&[Uuid], &[Uuid], &[DateTime<Utc>]),
-        all_events: &[Uuid],
+        (all_ids, all_events, all_keys): (&[Uuid], &[Uuid], &[DateTime<Utc>]),
     ) -> Result<(HashMap<Uuid, i32>, HashMap<Uuid, (EventType, String)>), StoreError> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -331,6 +333,22 @@ impl Store {
         {
             claimed.insert(row.try_get(0)?, row.try_get(1)?);
         }
+        // An ordered webhook's recovered deliveries take their places in its line (a place
+        // whose delivery another call left ended is ignored, then removed).
+        tx.execute(
+            &format!(
+                "INSERT INTO fifo_line (webhook_id, accepted_at, event_id, delivery_id,
+                                        event_received_at)
+                 SELECT $1, {}, u.e, u.id, u.k
+                 FROM unnest($2::uuid[], $3::uuid[], $4::timestamptz[]) AS u(id, e, k)
+                 JOIN events e ON e.id = u.e
+                 WHERE EXISTS (SELECT 1 FROM webhooks WHERE id = $1 AND ordering = 'fifo')
+                 ON CONFLICT DO NOTHING",
+                crate::ordering::ACCEPTED
+            ),
+            &[&webhook.as_uuid(), &all_ids, &all_events, &all_keys],
+        )
+        .await?;
         let mut bodies = HashMap::new();
         for row in tx
             .query(

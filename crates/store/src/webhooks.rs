@@ -1,7 +1,7 @@
 //! Webhooks: registration, listing, deletion, and the limits that guard them.
 
 use aioka_core::event::EventType;
-use aioka_core::{ApiKeyId, EncryptionKey, WebhookId, WebhookSecret};
+use aioka_core::{ApiKeyId, DeliveryOrder, EncryptionKey, WebhookId, WebhookSecret};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Row;
 
@@ -15,6 +15,7 @@ pub struct NewWebhook<'a> {
     pub url: &'a str,
     pub events: &'a [EventType],
     pub secret: &'a WebhookSecret,
+    pub ordering: DeliveryOrder,
 }
 
 /// A stored webhook as the customer API shows it: never with its secret.
@@ -24,6 +25,7 @@ pub struct WebhookRecord {
     pub owner: ApiKeyId,
     pub url: String,
     pub events: Vec<EventType>,
+    pub ordering: DeliveryOrder,
     pub is_active: bool,
     pub consecutive_failures: u32,
     pub disabled_reason: Option<String>,
@@ -53,8 +55,8 @@ impl From<deadpool_postgres::PoolError> for WebhookWriteError {
     }
 }
 
-pub(crate) const COLUMNS: &str = "id, api_key_id, url, events, is_active, consecutive_failures, \
-     disabled_reason, disabled_at, created_at, updated_at";
+pub(crate) const COLUMNS: &str = "id, api_key_id, url, events, ordering, is_active, \
+     consecutive_failures, disabled_reason, disabled_at, created_at, updated_at";
 
 pub(crate) fn events_from_db(texts: Vec<String>) -> Result<Vec<EventType>, StoreError> {
     texts
@@ -70,6 +72,10 @@ pub(crate) fn events_to_db(events: &[EventType]) -> Vec<&'static str> {
     events.iter().map(|e| e.as_str()).collect()
 }
 
+pub(crate) fn ordering_from_db(text: &str) -> Result<DeliveryOrder, StoreError> {
+    DeliveryOrder::from_name(text).ok_or_else(|| StoreError::Corrupt(format!("ordering {text}")))
+}
+
 pub(crate) fn from_row(row: &Row) -> Result<WebhookRecord, StoreError> {
     let failures: i32 = row.try_get("consecutive_failures")?;
     Ok(WebhookRecord {
@@ -77,6 +83,7 @@ pub(crate) fn from_row(row: &Row) -> Result<WebhookRecord, StoreError> {
         owner: ApiKeyId::from_uuid(row.try_get("api_key_id")?),
         url: row.try_get("url")?,
         events: events_from_db(row.try_get("events")?)?,
+        ordering: ordering_from_db(row.try_get("ordering")?)?,
         is_active: row.try_get("is_active")?,
         consecutive_failures: u32::try_from(failures).unwrap_or(0),
         disabled_reason: row.try_get("disabled_reason")?,
@@ -117,8 +124,8 @@ impl Store {
         let row = tx
             .query_one(
                 &format!(
-                    "INSERT INTO webhooks (id, api_key_id, url, events, secret_sealed)
-                     VALUES ($1, $2, $3, $4, $5) RETURNING {COLUMNS}"
+                    "INSERT INTO webhooks (id, api_key_id, url, events, secret_sealed, ordering)
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
                 ),
                 &[
                     &new.id.as_uuid(),
@@ -126,6 +133,7 @@ impl Store {
                     &new.url,
                     &events_to_db(new.events),
                     &sealed,
+                    &new.ordering.as_str(),
                 ],
             )
             .await?;
@@ -242,6 +250,7 @@ pub struct WebhookPatch<'a> {
     pub url: Option<&'a str>,
     pub events: Option<&'a [EventType]>,
     pub is_active: Option<bool>,
+    pub ordering: Option<DeliveryOrder>,
 }
 
 /// Why a webhook shown as disabled by its owner says so.
@@ -266,6 +275,7 @@ impl Store {
                     "UPDATE webhooks SET
                          url = COALESCE($3, url),
                          events = COALESCE($4, events),
+                         ordering = COALESCE($7, ordering),
                          is_active = COALESCE($5, is_active),
                          consecutive_failures = CASE WHEN $5 THEN 0 ELSE consecutive_failures END,
                          failure_times = CASE WHEN $5 THEN '{{}}' ELSE failure_times END,
@@ -290,6 +300,7 @@ impl Store {
                     &events,
                     &patch.is_active,
                     &DISABLED_BY_CUSTOMER,
+                    &patch.ordering.map(DeliveryOrder::as_str),
                 ],
             )
             .await?;

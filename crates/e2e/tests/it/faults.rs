@@ -145,6 +145,7 @@ async fn a_fan_out_left_half_done_by_a_dead_worker_is_finished_by_the_next() {
                 occurred_at: event.occurred_at,
                 body: &envelope,
                 source: aioka_store::EventSource::Http,
+                accepted_at: None,
             },
             Duration::from_secs(1),
             uuid::Uuid::new_v4(),
@@ -192,6 +193,7 @@ async fn a_fan_out_claim_is_released_by_its_holders_guard_and_by_nobody_else() {
         occurred_at: event.occurred_at,
         body: &envelope,
         source: aioka_store::EventSource::Http,
+        accepted_at: None,
     };
     // A lease far longer than the test: only a release can free the claim.
     let lease = Duration::from_secs(3600);

@@ -9,6 +9,7 @@ mod forgery;
 mod hostile;
 mod ingest;
 mod manage;
+mod ordering;
 mod retention;
 mod shards;
 

@@ -39,6 +39,7 @@ async fn a_writer_whose_claim_was_taken_over_can_neither_advance_nor_finish() {
         occurred_at: valid.occurred_at,
         body: &envelope,
         source: EventSource::Http,
+        accepted_at: None,
     };
     let id = event.id;
     let (old, new) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
@@ -221,5 +222,9 @@ async fn a_chunk_of_subscribers_reads_its_own_rows_not_every_webhook_before_it()
         .await
         .unwrap();
     assert_eq!(page.len(), 20);
-    assert!(page.windows(2).all(|w| w[0].as_uuid() < w[1].as_uuid()));
+    assert!(
+        page.windows(2)
+            .all(|w| w[0].id.as_uuid() < w[1].id.as_uuid())
+    );
+    assert!(page.iter().all(|s| !s.fifo), "unordered unless asked");
 }

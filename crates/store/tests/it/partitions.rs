@@ -79,6 +79,7 @@ async fn event(db: &TestDb, received: Option<DateTime<Utc>>) -> EventId {
             occurred_at: Utc::now(),
             body: "{}",
             source: EventSource::Test,
+            accepted_at: None,
         })
         .await
         .unwrap();

@@ -54,6 +54,7 @@ impl Fixture {
                 occurred_at: Utc::now(),
                 body: "{}",
                 source: EventSource::Test,
+                accepted_at: None,
             })
             .await
             .unwrap();

@@ -64,6 +64,7 @@ async fn event(db: &TestDb, event_type: EventType) -> EventId {
             occurred_at: Utc::now(),
             body: "{\"n\":1}",
             source: EventSource::Http,
+            accepted_at: None,
         })
         .await
         .unwrap();
