@@ -368,34 +368,60 @@ impl Store {
         event: EventId,
         webhooks: &[WebhookId],
     ) -> Result<(), StoreError> {
+        self.insert_for_pairs(
+            event,
+            webhooks,
+            "INSERT INTO deliveries (id, event_id, webhook_id, status, event_received_at)
+             SELECT t.d, e.id, t.w, 'pending', e.received_at
+             FROM unnest($2::uuid[], $3::uuid[]) AS t(d, w)
+             JOIN events e ON e.id = $1
+             ON CONFLICT (id, event_received_at) DO NOTHING",
+        )
+        .await
+    }
+
+    /// Runs `statement` with `$1` the event, `$2` the delivery ids of its pairs with
+    /// `webhooks` and `$3` the webhooks, repairing missing partitions.
+    pub(crate) async fn insert_for_pairs(
+        &self,
+        event: EventId,
+        webhooks: &[WebhookId],
+        statement: &str,
+    ) -> Result<(), StoreError> {
         let ids: Vec<Uuid> = webhooks
             .iter()
             .map(|w| DeliveryId::for_pair(event, *w).as_uuid())
             .collect();
         let hooks: Vec<Uuid> = webhooks.iter().map(|w| w.as_uuid()).collect();
+        self.repairing(&[event.as_uuid()], || async {
+            let client = self.pool.get().await?;
+            client
+                .execute(statement, &[&event.as_uuid(), &ids, &hooks])
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Makes `write`; when it finds no partition for a row of `events`, has the missing ones
+    /// created ([`Store::repair_partitions`]) and makes it again, [`REPAIRS`] times at most.
+    pub(crate) async fn repairing<T, F, W>(
+        &self,
+        events: &[Uuid],
+        write: W,
+    ) -> Result<T, StoreError>
+    where
+        W: Fn() -> F,
+        F: std::future::Future<Output = Result<T, StoreError>>,
+    {
         let mut repairs = 0;
         loop {
-            let client = self.pool.get().await?;
-            let inserted = client
-                .execute(
-                    "INSERT INTO deliveries (id, event_id, webhook_id, status, event_received_at)
-                     SELECT t.d, e.id, t.w, 'pending', e.received_at
-                     FROM unnest($2::uuid[], $3::uuid[]) AS t(d, w)
-                     JOIN events e ON e.id = $1
-                     ON CONFLICT (id, event_received_at) DO NOTHING",
-                    &[&event.as_uuid(), &ids, &hooks],
-                )
-                .await
-                .map_err(StoreError::from);
-            match inserted {
+            match write().await {
                 Err(e) if repairs < REPAIRS && e.is_missing_partition() => {
                     repairs += 1;
-                    self.repair_partitions(&[event.as_uuid()]).await?;
+                    self.repair_partitions(events).await?;
                 }
-                other => {
-                    other?;
-                    return Ok(());
-                }
+                other => return other,
             }
         }
     }

@@ -144,45 +144,25 @@ impl Store {
         event: EventId,
         webhooks: &[WebhookId],
     ) -> Result<(), StoreError> {
-        let ids: Vec<Uuid> = webhooks
-            .iter()
-            .map(|w| DeliveryId::for_pair(event, *w).as_uuid())
-            .collect();
-        let hooks: Vec<Uuid> = webhooks.iter().map(|w| w.as_uuid()).collect();
-        let mut repairs = 0;
-        loop {
-            let client = self.pool.get().await?;
-            let inserted = client
-                .execute(
-                    &format!(
-                        "WITH t AS (
-                             SELECT t.d, t.w, e.id AS e, e.received_at AS k, {ACCEPTED} AS at
-                             FROM unnest($2::uuid[], $3::uuid[]) AS t(d, w)
-                             JOIN events e ON e.id = $1),
-                         rows AS (
-                             INSERT INTO deliveries (id, event_id, webhook_id, status,
-                                                     next_attempt_at, event_received_at)
-                             SELECT d, e, w, 'pending', now(), k FROM t
-                             ON CONFLICT (id, event_received_at) DO NOTHING)
-                         INSERT INTO fifo_line (webhook_id, accepted_at, event_id, delivery_id,
-                                                event_received_at)
-                         SELECT w, at, e, d, k FROM t
-                         ON CONFLICT DO NOTHING"
-                    ),
-                    &[&event.as_uuid(), &ids, &hooks],
-                )
-                .await
-                .map_err(StoreError::from);
-            match inserted {
-                Err(e) if repairs < crate::deliveries::REPAIRS && e.is_missing_partition() => {
-                    repairs += 1;
-                    self.repair_partitions(&[event.as_uuid()]).await?;
-                }
-                other => {
-                    other?;
-                    return Ok(());
-                }
-            }
-        }
+        self.insert_for_pairs(
+            event,
+            webhooks,
+            &format!(
+                "WITH t AS (
+                     SELECT t.d, t.w, e.id AS e, e.received_at AS k, {ACCEPTED} AS at
+                     FROM unnest($2::uuid[], $3::uuid[]) AS t(d, w)
+                     JOIN events e ON e.id = $1),
+                 rows AS (
+                     INSERT INTO deliveries (id, event_id, webhook_id, status,
+                                             next_attempt_at, event_received_at)
+                     SELECT d, e, w, 'pending', now(), k FROM t
+                     ON CONFLICT (id, event_received_at) DO NOTHING)
+                 INSERT INTO fifo_line (webhook_id, accepted_at, event_id, delivery_id,
+                                        event_received_at)
+                 SELECT w, at, e, d, k FROM t
+                 ON CONFLICT DO NOTHING"
+            ),
+        )
+        .await
     }
 }

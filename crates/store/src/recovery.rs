@@ -243,24 +243,16 @@ impl Store {
         let all_events: Vec<Uuid> = wanted.iter().map(|(e, _)| e.id).collect();
         let all_ids: Vec<Uuid> = wanted.iter().map(|(e, _)| pair(e)).collect();
         let all_keys: Vec<DateTime<Utc>> = wanted.iter().map(|(e, _)| e.received_at).collect();
-        let mut repairs = 0;
-        let (claimed, bodies) = loop {
-            match self
-                .claim_rows(
+        let (claimed, bodies) = self
+            .repairing(&fresh_events, || {
+                self.claim_rows(
                     webhook,
                     (&ended_ids, &ended_keys),
                     (&fresh_ids, &fresh_events, &fresh_keys),
                     (&all_ids, &all_events, &all_keys),
                 )
-                .await
-            {
-                Err(e) if repairs < crate::deliveries::REPAIRS && e.is_missing_partition() => {
-                    repairs += 1;
-                    self.repair_partitions(&fresh_events).await?;
-                }
-                other => break other?,
-            }
-        };
+            })
+            .await?;
         let mut tasks = Vec::with_capacity(claimed.len());
         for (seen, state) in wanted {
             let delivery = pair(&seen);

@@ -10,13 +10,15 @@ use std::time::Duration;
 
 use aioka_core::disable::{DisableRule, Outcome};
 use aioka_core::event::EventType;
-use aioka_core::{ApiKeyId, DeliveryId, EncryptionKey, EventId, WebhookId, WebhookSecret};
+use aioka_core::{ApiKeyId, DeliveryId, EventId, WebhookId};
 use aioka_store::{
     AttemptRecord, EventSource, MAINTENANCE_LOCK, NewEvent, PartitionPolicy, RecordKind,
-    ResendError, SeedWebhook, Store,
+    ResendError, Store,
 };
 use aioka_testkit::TestDb;
 use chrono::{DateTime, Utc};
+
+use crate::{sql, webhook};
 
 const RULE: DisableRule = DisableRule { threshold: 10 };
 
@@ -31,42 +33,6 @@ fn hours() -> PartitionPolicy {
         interval: Duration::from_secs(3600),
         ahead: 2,
     }
-}
-
-async fn sql(db: &TestDb) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
-
-/// A seeded webhook and its owner's key.
-async fn webhook(db: &TestDb) -> (WebhookId, ApiKeyId) {
-    let id = db
-        .store
-        .seed_webhooks(
-            &[SeedWebhook {
-                url: "https://example.test/hook".into(),
-                secret: None,
-            }],
-            &[EventType::VerdictNew],
-            &WebhookSecret::generate(),
-            &EncryptionKey::generate(),
-            1,
-        )
-        .await
-        .unwrap()[0];
-    let owner: uuid::Uuid = sql(db)
-        .await
-        .query_one(
-            "SELECT api_key_id FROM webhooks WHERE id = $1",
-            &[&id.as_uuid()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    (id, ApiKeyId::from_uuid(owner))
 }
 
 /// A stored event, received at `received` (now if `None`).

@@ -3,13 +3,15 @@
 
 use aioka_core::disable::{DisableRule, Outcome};
 use aioka_core::event::EventType;
-use aioka_core::{ApiKeyId, DeliveryId, EncryptionKey, EventId, WebhookId, WebhookSecret};
+use aioka_core::{ApiKeyId, DeliveryId, EventId, WebhookId};
 use aioka_store::{
-    AttemptRecord, DeliveryStatus, EventSource, NewEvent, RecordKind, RecoveryLimits, SeedWebhook,
-    Store, WebhookPatch,
+    AttemptRecord, DeliveryStatus, EventSource, NewEvent, RecordKind, RecoveryLimits, Store,
+    WebhookPatch,
 };
 use aioka_testkit::TestDb;
 use chrono::{DateTime, Duration, Utc};
+
+use crate::sql;
 
 const RULE: DisableRule = DisableRule { threshold: 10 };
 const WIDE: RecoveryLimits = RecoveryLimits {
@@ -17,41 +19,11 @@ const WIDE: RecoveryLimits = RecoveryLimits {
     events: 100,
 };
 
-async fn sql(db: &TestDb) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
-}
-
 /// A webhook for verdicts, its owner, and a time before anything was accepted.
 async fn webhook(db: &TestDb) -> (WebhookId, ApiKeyId, DateTime<Utc>) {
     let start = Utc::now() - Duration::seconds(1);
-    let id = db
-        .store
-        .seed_webhooks(
-            &[SeedWebhook {
-                url: "https://example.test/hook".into(),
-                secret: None,
-            }],
-            &[EventType::VerdictNew],
-            &WebhookSecret::generate(),
-            &EncryptionKey::generate(),
-            1,
-        )
-        .await
-        .unwrap()[0];
-    let owner: uuid::Uuid = sql(db)
-        .await
-        .query_one(
-            "SELECT api_key_id FROM webhooks WHERE id = $1",
-            &[&id.as_uuid()],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    (id, ApiKeyId::from_uuid(owner), start)
+    let (id, owner) = crate::webhook(db).await;
+    (id, owner, start)
 }
 
 /// A producer's event of `event_type`, fanned out (to whom it was: the test says).
