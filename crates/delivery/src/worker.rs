@@ -62,8 +62,9 @@ pub(crate) struct Worker {
     pub stopping: CancellationToken,
 }
 
-/// Marks a task put off through the defer queue after it had been redelivered.
-pub(crate) const REDELIVERED_HEADER: &str = "x-aioka-redelivered";
+/// Marks a task put off through the defer queue after it had been redelivered (and any
+/// message the consumer or the sweep published again).
+pub(crate) use aioka_queue::REDELIVERED_HEADER;
 
 /// How one task ended; for a message, how it is settled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,6 +38,10 @@ const ONLY_WHEN_IT_HAPPENS: &[(&str, &str)] = &[
     ("aioka_messages_parked_total", "a message was parked"),
     ("aioka_handler_panics_total", "a handler panicked"),
     (
+        "aioka_messages_republished_total",
+        "a broker session ended with messages in hand",
+    ),
+    (
         "aioka_partition_maintenance_failures_total",
         "a maintenance run failed",
     ),

@@ -1,5 +1,6 @@
 //! Consuming, acknowledging and parking.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -115,6 +116,125 @@ pub async fn park_copy(
     Ok(())
 }
 
+/// Marks a message published again by our own services after it may have been handled
+/// already (a session that ended with it in hand, a swept retry): its consumer treats it as
+/// redelivered (the delivery service claims its attempt before sending).
+pub const REDELIVERED_HEADER: &str = "x-aioka-redelivered";
+
+/// A message in hand, unsettled, when its session ended under it (the connection lost, the
+/// publisher channel closed). The broker should hand it back, but with a quorum queue and the
+/// consumer's node gone it was seen not to: in the three-node chaos (a node killed with 119
+/// messages in hand on a delivery process connected to it) 33 tasks never came back, and
+/// rabbitmq-server#12403 reports quorum queues acknowledging such messages by themselves. So
+/// the next session waits [`HANDED_BACK_WITHIN`] for the broker to hand each back (a
+/// redelivered message with the same body) and publishes those it did not, confirmed, marked
+/// [`REDELIVERED_HEADER`]. Publishing at once would double every first attempt in hand, which
+/// no claim can stop (a first attempt has no row to claim); a copy that still races the
+/// broker's own is a duplicate, which every consumer here tolerates.
+#[derive(Debug, Clone)]
+struct Unsettled {
+    exchange: String,
+    routing_key: String,
+    data: Vec<u8>,
+    properties: BasicProperties,
+}
+
+impl Unsettled {
+    fn of(delivery: &Delivery) -> Self {
+        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ShortString::from(REDELIVERED_HEADER),
+            AMQPValue::LongString(LongString::from("1")),
+        );
+        Self {
+            exchange: delivery.exchange.as_str().to_owned(),
+            routing_key: delivery.routing_key.as_str().to_owned(),
+            data: delivery.data.clone(),
+            properties: delivery.properties.clone().with_headers(headers),
+        }
+    }
+}
+
+/// How long a session consumes, after one before it ended under messages in hand, waiting for
+/// the broker to hand them back before it publishes the rest again.
+pub const HANDED_BACK_WITHIN: Duration = Duration::from_secs(10);
+
+/// What sessions left unsettled, by the hash of each message's body, and since when.
+#[derive(Debug, Default)]
+struct Stash {
+    since: Option<Instant>,
+    messages: HashMap<u64, Unsettled>,
+}
+
+fn body_key(data: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Stash {
+    fn keep(&mut self, messages: impl IntoIterator<Item = Unsettled>) {
+        for message in messages {
+            self.messages.insert(body_key(&message.data), message);
+        }
+        if !self.messages.is_empty() {
+            self.since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// The broker handed this one back: it needs no copy.
+    fn handed_back(&mut self, delivery: &Delivery) {
+        if delivery.redelivered && !self.messages.is_empty() {
+            self.messages.remove(&body_key(&delivery.data));
+        }
+    }
+
+    /// A session has begun consuming: the broker can hand back from now on.
+    fn start_clock(&mut self) {
+        if !self.messages.is_empty() {
+            self.since = Some(Instant::now());
+        }
+    }
+
+    fn due(&self) -> bool {
+        self.since
+            .is_some_and(|since| since.elapsed() >= HANDED_BACK_WITHIN)
+    }
+}
+
+/// Publishes again what the broker did not hand back (see [`Unsettled`]); those not
+/// confirmed stay for the next try.
+async fn publish_again(publisher: &Publisher, stash: &mut Stash) -> Result<(), QueueError> {
+    if stash.messages.is_empty() {
+        stash.since = None;
+        return Ok(());
+    }
+    let count = stash.messages.len();
+    let keys: Vec<u64> = stash.messages.keys().copied().collect();
+    for key in keys {
+        let Some(message) = stash.messages.get(&key) else {
+            continue;
+        };
+        publisher
+            .publish(
+                &message.exchange,
+                &message.routing_key,
+                &message.data,
+                message.properties.clone(),
+            )
+            .await?;
+        stash.messages.remove(&key);
+    }
+    stash.since = None;
+    tracing::warn!(
+        count,
+        "messages a session left in hand, not handed back by the broker, published again"
+    );
+    metrics::counter!("aioka_messages_republished_total").increment(count as u64);
+    Ok(())
+}
+
 /// How often a consumer session declares its part of the topology again (idempotent).
 pub const REASSERT_TOPOLOGY: Duration = Duration::from_secs(5);
 
@@ -167,9 +287,10 @@ pub async fn run_consumer<H, Fut>(
     Fut: Future<Output = ()>,
 {
     let mut backoff = Duration::from_millis(100);
+    let mut unsettled = Stash::default();
     while !shutdown.is_cancelled() {
         let started = Instant::now();
-        match session(&spec, shutdown, &connected, &handle).await {
+        match session(&spec, shutdown, &connected, &handle, &mut unsettled).await {
             Ok(()) => return,
             Err(e) => {
                 connected(false);
@@ -192,6 +313,7 @@ async fn session<H, Fut>(
     shutdown: &CancellationToken,
     connected: &impl Fn(bool),
     handle: &H,
+    unsettled: &mut Stash,
 ) -> Result<(), SessionError>
 where
     H: Fn(Publisher, Delivery) -> Fut,
@@ -238,6 +360,7 @@ where
     connected(true);
     let queue = queues.join(",");
     tracing::info!(%queue, prefetch = spec.prefetch, channels, "consuming");
+    unsettled.start_clock();
     let handle_one = |delivery: Delivery| {
         let publisher = publisher.clone();
         let queue = &queue;
@@ -267,6 +390,9 @@ where
     // taking new messages; those prefetched but not started go back when the channel closes.
     let mut consumer = consumer;
     let mut in_hand = futures_util::stream::FuturesUnordered::new();
+    // A copy of each message in hand, until its handler ends (see `Unsettled`).
+    let mut held: HashMap<u64, Unsettled> = HashMap::new();
+    let mut next_key = 0u64;
     let mut stopping = false;
     let mut ended = false;
     // The broker closes a channel on a channel-level error (a publish to an exchange that
@@ -316,12 +442,17 @@ where
                 tracing::warn!(grace = ?spec.grace, in_hand = in_hand.len(), "messages still in hand after the grace period; handing them back");
                 break;
             }
-            Some(()) = in_hand.next(), if !in_hand.is_empty() => {}
+            Some(key) = in_hand.next(), if !in_hand.is_empty() => {
+                held.remove(&key);
+            }
             () = reassert_failed.notified(), if !stopping => {
                 publisher_dead = true;
                 break;
             }
             _ = watchdog.tick() => {
+                if unsettled.due() {
+                    publish_again(&publisher, unsettled).await?;
+                }
                 if !publisher.channel().status().connected() {
                     tracing::warn!(%queue, in_hand = in_hand.len(), "the publisher channel closed under the session; reconnecting");
                     publisher_dead = true;
@@ -330,7 +461,13 @@ where
             }
             message = consumer.next(), if !stopping && in_hand.len() < usize::from(spec.prefetch.max(1)) => {
                 match message.flatten() {
-                    Some(Ok(delivery)) => in_hand.push(handle_one(delivery)),
+                    Some(Ok(delivery)) => {
+                        let key = next_key;
+                        next_key += 1;
+                        unsettled.handed_back(&delivery);
+                        held.insert(key, Unsettled::of(&delivery));
+                        in_hand.push(handle_one(delivery).map(move |()| key));
+                    }
                     Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
                     None => {
                         // The channel or connection closed under us: settle nothing more
@@ -344,6 +481,10 @@ where
     }
     drop(in_hand);
     drop(consumer);
+    if publisher_dead || (ended && !shutdown.is_cancelled()) {
+        // The session ends under the messages in hand: the next one publishes them again.
+        unsettled.keep(held.into_values());
+    }
     if publisher_dead {
         // Closing the connection hands every unacknowledged message back to its queue; the
         // handlers were dropped with `in_hand`, and their work is idempotent.

@@ -14,8 +14,8 @@ mod topology;
 mod trace;
 
 pub use consumer::{
-    ConsumerSpec, PER_CHANNEL, ack, consume, park, park_copy, requeue, run_consumer,
-    sample_queue_depth,
+    ConsumerSpec, HANDED_BACK_WITHIN, PER_CHANNEL, REDELIVERED_HEADER, ack, consume, park,
+    park_copy, requeue, run_consumer, sample_queue_depth,
 };
 pub use lapin;
 pub use publisher::{Pending, Publisher, QueueError, connect, header_str, persistent_json};
