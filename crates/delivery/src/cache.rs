@@ -32,11 +32,10 @@ pub enum Target {
         /// Ordered delivery: one at a time, in event order (`aioka_store::Turn`).
         fifo: bool,
     },
-    Disabled,
-    /// Deleted, or never existed.
-    Gone,
-    /// The owner's key no longer receives deliveries (revoked, or on the Free tier).
-    KeyInactive(&'static str),
+    /// Not to be sent, for `reason`: the webhook is disabled or deleted (or never existed), or
+    /// its owner's key no longer receives deliveries (revoked, or on the Free tier). `fifo`:
+    /// it is ordered, so a skip hands the turn on to the next in its line.
+    Skip { reason: &'static str, fifo: bool },
     /// The stored secret does not decrypt with this process's key: an operator must fix the
     /// key before this webhook can be served.
     Undecryptable,
@@ -182,14 +181,18 @@ impl Cache {
                     let mut found: HashMap<WebhookId, Arc<Target>> = rows
                         .into_iter()
                         .map(|row| {
+                            let skip = |reason| Target::Skip {
+                                reason,
+                                fifo: row.fifo,
+                            };
                             let target = if row.deleted {
-                                Target::Gone
+                                skip("webhook deleted")
                             } else if row.key_revoked {
-                                Target::KeyInactive("api key revoked")
+                                skip("api key revoked")
                             } else if row.key_free_tier {
-                                Target::KeyInactive("api key on the free tier")
+                                skip("api key on the free tier")
                             } else if !row.is_active {
-                                Target::Disabled
+                                skip("webhook disabled")
                             } else {
                                 let uuid = row.id.as_uuid();
                                 let context = uuid.as_bytes();
@@ -216,7 +219,12 @@ impl Cache {
                     let now = Instant::now();
                     let mut entries = self.entries.lock().ok();
                     for (id, replies) in waiting {
-                        let target = found.remove(&id).unwrap_or_else(|| Arc::new(Target::Gone));
+                        let target = found.remove(&id).unwrap_or_else(|| {
+                            Arc::new(Target::Skip {
+                                reason: "webhook deleted",
+                                fifo: false,
+                            })
+                        });
                         let fresh = entries
                             .as_mut()
                             .is_none_or(|e| e.finish_load(id, now, &target));

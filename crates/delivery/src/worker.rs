@@ -528,9 +528,11 @@ impl Worker {
                         .map(|(old, _)| old),
                 },
             ),
-            Target::Disabled => return self.skip(publisher, &task, "webhook disabled").await,
-            Target::Gone => return self.skip(publisher, &task, "webhook deleted").await,
-            Target::KeyInactive(reason) => return self.skip(publisher, &task, reason).await,
+            Target::Skip { reason, fifo } => {
+                return self
+                    .skip(publisher, &task, reason, *fifo && !task.test)
+                    .await;
+            }
             Target::Undecryptable => {
                 let reason =
                     "the webhook's secret does not decrypt with this service's security.secret_key";
@@ -732,7 +734,13 @@ impl Worker {
 
     /// Drops a task without sending and records why; an ordered webhook's next delivery then
     /// takes its turn (and is skipped in its turn too, if the webhook is still disabled).
-    async fn skip(&self, publisher: &Publisher, task: &DeliveryTask, reason: &'static str) -> Done {
+    async fn skip(
+        &self,
+        publisher: &Publisher,
+        task: &DeliveryTask,
+        reason: &'static str,
+        ordered: bool,
+    ) -> Done {
         tracing::info!(reason, "task skipped");
         metrics::counter!("aioka_deliveries_total", "outcome" => "skipped").increment(1);
         let record = AttemptRecord {
@@ -745,7 +753,7 @@ impl Worker {
         };
         match self.recorder.record(record).await {
             Ok(recorded) => {
-                if recorded == Recorded::Fresh && !task.test {
+                if recorded == Recorded::Fresh && ordered {
                     self.hand_on(publisher, task.webhook_id).await;
                 }
                 Done::Ack

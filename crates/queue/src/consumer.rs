@@ -140,18 +140,25 @@ struct Unsettled {
 }
 
 impl Unsettled {
+    /// A copy of what is needed to publish `delivery` again (the mark is added then, not on
+    /// every message in hand).
     fn of(delivery: &Delivery) -> Self {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        headers.insert(
-            ShortString::from(REDELIVERED_HEADER),
-            AMQPValue::LongString(LongString::from("1")),
-        );
         Self {
             exchange: delivery.exchange.as_str().to_owned(),
             routing_key: delivery.routing_key.as_str().to_owned(),
             data: delivery.data.clone(),
-            properties: delivery.properties.clone().with_headers(headers),
+            properties: delivery.properties.clone(),
         }
+    }
+
+    /// Its properties, marked [`REDELIVERED_HEADER`].
+    fn marked(&self) -> BasicProperties {
+        let mut headers = self.properties.headers().clone().unwrap_or_default();
+        headers.insert(
+            ShortString::from(REDELIVERED_HEADER),
+            AMQPValue::LongString(LongString::from("1")),
+        );
+        self.properties.clone().with_headers(headers)
     }
 }
 
@@ -221,7 +228,7 @@ async fn publish_again(publisher: &Publisher, stash: &mut Stash) -> Result<(), Q
                 &message.exchange,
                 &message.routing_key,
                 &message.data,
-                message.properties.clone(),
+                message.marked(),
             )
             .await?;
         stash.messages.remove(&key);

@@ -355,6 +355,29 @@ fn to_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
+/// The untagged task of a delivery's next attempt, from its stored state: (delivery, event,
+/// webhook) ids, the event's type and body, the attempts made and the series' start.
+pub(crate) fn next_attempt(
+    (delivery, event, webhook): (Uuid, Uuid, Uuid),
+    (event_type, body): (String, String),
+    (attempts, series_start): (i32, i32),
+    test: bool,
+) -> Result<DeliveryTask, StoreError> {
+    Ok(DeliveryTask {
+        delivery_id: DeliveryId::from_uuid(delivery),
+        event_id: EventId::from_uuid(event),
+        webhook_id: WebhookId::from_uuid(webhook),
+        event_type: event_type
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("event type {event_type}")))?,
+        body,
+        attempt: u32::try_from(attempts).unwrap_or(0) + 1,
+        series_start: u32::try_from(series_start).unwrap_or(1).max(1),
+        auth: None,
+        test,
+    })
+}
+
 /// Repairs before making a write again: twice at most (the second repair finds anything
 /// the first could not see, such as a partition dropped in between).
 pub(crate) const REPAIRS: usize = 2;
@@ -907,23 +930,13 @@ impl Store {
             .await?;
         rows.iter()
             .map(|r| {
-                let event_type: String = r.try_get(3)?;
-                let attempts: i32 = r.try_get(5)?;
-                let series_start: i32 = r.try_get(6)?;
                 Ok(OverdueRetry {
-                    task: DeliveryTask {
-                        delivery_id: DeliveryId::from_uuid(r.try_get(0)?),
-                        event_id: EventId::from_uuid(r.try_get(1)?),
-                        webhook_id: WebhookId::from_uuid(r.try_get(2)?),
-                        event_type: event_type
-                            .parse()
-                            .map_err(|_| StoreError::Corrupt(format!("event type {event_type}")))?,
-                        body: r.try_get(4)?,
-                        attempt: u32::try_from(attempts).unwrap_or(0) + 1,
-                        series_start: u32::try_from(series_start).unwrap_or(1).max(1),
-                        auth: None,
-                        test: r.try_get::<_, Option<bool>>(7)?.unwrap_or(false),
-                    },
+                    task: next_attempt(
+                        (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+                        (r.try_get(3)?, r.try_get(4)?),
+                        (r.try_get(5)?, r.try_get(6)?),
+                        r.try_get::<_, Option<bool>>(7)?.unwrap_or(false),
+                    )?,
                     due: r.try_get(8)?,
                 })
             })

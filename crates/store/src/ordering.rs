@@ -8,8 +8,7 @@
 use std::time::Duration;
 
 use aioka_core::messages::DeliveryTask;
-use aioka_core::{DeliveryId, EventId, WebhookId};
-use uuid::Uuid;
+use aioka_core::{EventId, WebhookId};
 
 use crate::{Store, StoreError};
 
@@ -117,22 +116,13 @@ impl Store {
         let Some(row) = client.query_opt(&statement, &[&webhook.as_uuid()]).await? else {
             return Ok(None);
         };
-        let event_type: String = row.try_get(4)?;
-        let attempts: i32 = row.try_get(2)?;
-        let series_start: i32 = row.try_get(3)?;
-        Ok(Some(DeliveryTask {
-            delivery_id: DeliveryId::from_uuid(row.try_get::<_, Uuid>(0)?),
-            event_id: EventId::from_uuid(row.try_get(1)?),
-            webhook_id: webhook,
-            event_type: event_type
-                .parse()
-                .map_err(|_| StoreError::Corrupt(format!("event type {event_type}")))?,
-            body: row.try_get(5)?,
-            attempt: u32::try_from(attempts).unwrap_or(0) + 1,
-            series_start: u32::try_from(series_start).unwrap_or(1).max(1),
-            auth: None,
-            test: false,
-        }))
+        crate::deliveries::next_attempt(
+            (row.try_get(0)?, row.try_get(1)?, webhook.as_uuid()),
+            (row.try_get(4)?, row.try_get(5)?),
+            (row.try_get(2)?, row.try_get(3)?),
+            false,
+        )
+        .map(Some)
     }
 
     /// Puts the deliveries of the stored `event` to the ordered `webhooks` in their lines:
