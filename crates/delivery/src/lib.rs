@@ -123,6 +123,7 @@ pub async fn run(
             d.slow_after,
         ),
         fifo_settle: d.fifo_settle,
+        late_first_after: d.late_first_after(),
         cache,
         sender: client::Sender::new(&d, settings.security.allow_private_targets)?,
         recorder,

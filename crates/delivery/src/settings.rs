@@ -77,6 +77,17 @@ pub enum Shards {
     Only(Vec<u16>),
 }
 
+impl DeliverySettings {
+    /// How old a first attempt's task is when it claims before it is sent
+    /// (`worker::Worker::late_first_after`). The reach check writes rows for events fanned
+    /// out `retry_sweep_after` ago; a first attempt younger than this is sent unclaimed and
+    /// ends (connect_timeout + timeout at most) before the check can look at its event.
+    pub fn late_first_after(&self) -> Duration {
+        let send = self.connect_timeout + self.timeout;
+        (self.retry_sweep_after / 2).min(self.retry_sweep_after.saturating_sub(send))
+    }
+}
+
 impl Shards {
     pub fn is_all(&self) -> bool {
         matches!(self, Shards::All)

@@ -9,6 +9,11 @@
 //! that attempt again to its shard. The copy is marked redelivered, so it is claimed before it
 //! is sent like any retry (`Store::claim_attempt`): if the original turns up after all, only
 //! one of the two is ever sent. Sweepers of several processes take disjoint rows.
+//!
+//! A first attempt has no row to be found by until it is recorded, so each sweep first runs
+//! the reach check (`Store::check_reach`): an event fanned out `retry_sweep_after` ago whose
+//! webhook has no delivery row gets a pending one, due since the fan-out, and this same
+//! sweep publishes its first attempt again.
 
 use std::time::Duration;
 
@@ -24,6 +29,9 @@ use crate::worker::REDELIVERED_HEADER;
 /// Deliveries taken per sweep at most: a broker that lost many retries is caught up over a
 /// few sweeps, never with one burst of publishes.
 const SWEEP_LIMIT: u32 = 500;
+/// Pairs (event, webhook) the reach check looks at per sweep, about: an event is checked
+/// whole once begun.
+const REACH_BUDGET: u64 = 50_000;
 
 pub(crate) struct Sweeper {
     pub store: Store,
@@ -56,6 +64,19 @@ impl Sweeper {
 
     /// One sweep: how many attempts were published again.
     pub async fn sweep(&self) -> anyhow::Result<usize> {
+        let reach = self.store.check_reach(self.after, REACH_BUDGET).await?;
+        metrics::counter!("aioka_delivery_reach_checked_total").increment(reach.events);
+        if !reach.missing.is_empty() {
+            metrics::counter!("aioka_delivery_unreached_total")
+                .increment(reach.missing.len() as u64);
+            for (event, webhook) in &reach.missing {
+                tracing::warn!(
+                    event_id = %event,
+                    webhook_id = %webhook,
+                    "a webhook the event was fanned out to has no delivery; sending it again"
+                );
+            }
+        }
         let overdue = self
             .store
             .take_overdue_retries(self.after, SWEEP_LIMIT)

@@ -46,6 +46,9 @@ pub(crate) struct Worker {
     pub lanes: crate::lanes::Lanes,
     /// How long after its event was stored an ordered webhook's delivery may go.
     pub fifo_settle: Duration,
+    /// A first attempt published longer ago than this claims before it is sent (creating
+    /// its row), so the reach check cannot send a copy of it too (`Store::check_reach`).
+    pub late_first_after: Duration,
     pub cache: Cache,
     pub sender: Sender,
     pub recorder: Recorder,
@@ -469,9 +472,11 @@ impl Worker {
         // The copy `resume_chain` publishes after a lost ack, or a chunk fanout republished
         // after a broker outage, then never sends an attempt a second time while the process
         // holding it lives. First attempts that come for the first time (nearly all of the
-        // traffic) skip this write, unless ordered: a head can be handed its turn while its
-        // own first task is on its way.
-        if redelivered || task.attempt_in_series() > 1 || ordered {
+        // traffic) skip this write, unless ordered (a head can be handed its turn while its
+        // own first task is on its way) or late: one older than `late_first_after` may have
+        // been given a row and a copy by the reach check, and claims creating its row.
+        let late = task.attempt == 1 && !ordered && self.is_late(carrier.delivery());
+        if redelivered || task.attempt_in_series() > 1 || ordered || late {
             let Some(claim) = self
                 .through_outage("claiming the attempt", || {
                     self.claimer.claim(
@@ -479,6 +484,7 @@ impl Worker {
                             event: task.event_id,
                             delivery: task.delivery_id,
                             attempt: task.attempt,
+                            create_for: late.then_some(task.webhook_id),
                         },
                         ordered,
                     )
@@ -637,6 +643,18 @@ impl Worker {
             }
             Err(_) => Done::Requeue,
         }
+    }
+
+    /// Whether the message was published (by fan-out; a put-off copy keeps the time) longer
+    /// than `late_first_after` ago. One without a time is not late.
+    fn is_late(&self, delivery: &Delivery) -> bool {
+        let Some(published) = delivery.properties.timestamp() else {
+            return false;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        now.saturating_sub(*published) > self.late_first_after.as_secs()
     }
 
     /// Where this task's delivery stands in the database, holding the task through a

@@ -46,6 +46,9 @@ pub struct Options {
     /// Whether the system starts a fanout of its own; without one, a test runs its own
     /// ([`System::spawn_fanout`]) and stops it when it likes.
     pub fanout: bool,
+    /// Whether the system starts a delivery service of its own; without one, a test starts
+    /// its own ([`System::spawn_delivery`]) when it likes.
+    pub delivery: bool,
     /// Each service connects as a broker user of its own, with the least privileges of its
     /// role (`aioka_queue::permissions`), as `scripts/up` runs them.
     pub broker_users: bool,
@@ -65,6 +68,7 @@ impl Default for Options {
             delivery_env: Vec::new(),
             env: Vec::new(),
             fanout: true,
+            delivery: true,
             broker_users: false,
         }
     }
@@ -139,13 +143,15 @@ impl System {
                 shutdown.clone(),
             )));
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        admins.push(format!("http://{}", listener.local_addr().unwrap()));
-        tasks.push(tokio::spawn(aioka_delivery::run(
-            delivery_env.load(),
-            listener,
-            shutdown.clone(),
-        )));
+        if options.delivery {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            admins.push(format!("http://{}", listener.local_addr().unwrap()));
+            tasks.push(tokio::spawn(aioka_delivery::run(
+                delivery_env.load(),
+                listener,
+                shutdown.clone(),
+            )));
+        }
         let system = Self {
             api: Api::new(gateway),
             admins,

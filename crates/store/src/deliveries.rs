@@ -156,6 +156,10 @@ pub struct ClaimAsk {
     pub event: EventId,
     pub delivery: DeliveryId,
     pub attempt: u32,
+    /// A first attempt that may be late (older than half of `delivery.retry_sweep_after`):
+    /// with no row yet, the claim creates its row for this webhook, pending and claimed, so
+    /// the reach check (`Store::check_reach`) finds it there and a copy cannot be sent too.
+    pub create_for: Option<WebhookId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,15 +299,16 @@ pub struct DeliveryTarget {
     pub fifo: bool,
 }
 
-/// [`Store::claim_attempts`]' statement: the asks as arrays (delivery, attempt, event),
-/// answered one row each in the order asked. The reads see the rows as they were before the
+/// [`Store::claim_attempts`]' statement: the asks as arrays (delivery, attempt, event, and
+/// the webhook a late first attempt creates its row for), answered one row each in the
+/// order asked. The reads see the rows as they were before the
 /// claim (a data-modifying CTE's effects are not visible to its own statement).
 const CLAIM_ATTEMPTS: &str = "
     WITH u AS (
-        SELECT u.delivery_id, u.attempt, u.ord,
+        SELECT u.delivery_id, u.attempt, u.ord, u.event_id, u.create_for,
                (SELECT received_at FROM events WHERE id = u.event_id) AS at
-        FROM unnest($1::uuid[], $2::int4[], $3::uuid[]) WITH ORDINALITY
-             AS u(delivery_id, attempt, event_id, ord)),
+        FROM unnest($1::uuid[], $2::int4[], $3::uuid[], $5::uuid[]) WITH ORDINALITY
+             AS u(delivery_id, attempt, event_id, create_for, ord)),
     claim AS (
         UPDATE deliveries d
         SET claimed_attempt = u.attempt,
@@ -313,9 +318,20 @@ const CLAIM_ATTEMPTS: &str = "
           AND d.status = 'pending'
           AND (d.claimed_attempt IS NULL OR d.claimed_attempt < u.attempt
                OR d.claim_until <= now())
-        RETURNING d.id)
+        RETURNING d.id),
+    made AS (
+        INSERT INTO deliveries (id, event_id, webhook_id, status, next_attempt_at,
+                                claimed_attempt, claim_until, event_received_at)
+        SELECT u.delivery_id, u.event_id, u.create_for, 'pending', now(), u.attempt,
+               now() + make_interval(secs => $4::bigint / 1000.0), u.at
+        FROM u
+        WHERE u.create_for IS NOT NULL AND u.at IS NOT NULL
+          AND EXISTS (SELECT 1 FROM webhooks w WHERE w.id = u.create_for)
+        ON CONFLICT (id, event_received_at) DO NOTHING
+        RETURNING id)
     SELECT d.attempts, a.attempted_at, a.next_retry_at,
-           EXISTS (SELECT 1 FROM claim c WHERE c.id = u.delivery_id),
+           EXISTS (SELECT 1 FROM claim c WHERE c.id = u.delivery_id)
+           OR EXISTS (SELECT 1 FROM made m WHERE m.id = u.delivery_id),
            d.status
     FROM u
     LEFT JOIN deliveries d ON d.id = u.delivery_id AND d.event_received_at = u.at
@@ -411,6 +427,17 @@ impl Store {
         webhooks: &[WebhookId],
         statement: &str,
     ) -> Result<(), StoreError> {
+        self.query_for_pairs(event, webhooks, statement).await?;
+        Ok(())
+    }
+
+    /// [`Store::insert_for_pairs`] for a statement that returns rows.
+    pub(crate) async fn query_for_pairs(
+        &self,
+        event: EventId,
+        webhooks: &[WebhookId],
+        statement: &str,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let ids: Vec<Uuid> = webhooks
             .iter()
             .map(|w| DeliveryId::for_pair(event, *w).as_uuid())
@@ -418,10 +445,10 @@ impl Store {
         let hooks: Vec<Uuid> = webhooks.iter().map(|w| w.as_uuid()).collect();
         self.repairing(&[event.as_uuid()], || async {
             let client = self.pool.get().await?;
-            client
-                .execute(statement, &[&event.as_uuid(), &ids, &hooks])
-                .await?;
-            Ok(())
+            let statement = client.prepare_cached(statement).await?;
+            Ok(client
+                .query(&statement, &[&event.as_uuid(), &ids, &hooks])
+                .await?)
         })
         .await
     }
@@ -581,6 +608,7 @@ impl Store {
                     event,
                     delivery,
                     attempt,
+                    create_for: None,
                 }],
                 lease,
             )
@@ -619,8 +647,21 @@ impl Store {
             let deliveries: Vec<Uuid> = round.iter().map(|&i| asks[i].delivery.as_uuid()).collect();
             let attempts: Vec<i32> = round.iter().map(|&i| to_i32(asks[i].attempt)).collect();
             let events: Vec<Uuid> = round.iter().map(|&i| asks[i].event.as_uuid()).collect();
-            let rows = client
-                .query(&statement, &[&deliveries, &attempts, &events, &lease_ms])
+            let create: Vec<Option<Uuid>> = round
+                .iter()
+                .map(|&i| asks[i].create_for.map(|w| w.as_uuid()))
+                .collect();
+            // A created row may need its partition; the statement is atomic, so a failed one
+            // is made again as it was.
+            let rows = self
+                .repairing(&events, || async {
+                    Ok(client
+                        .query(
+                            &statement,
+                            &[&deliveries, &attempts, &events, &lease_ms, &create],
+                        )
+                        .await?)
+                })
                 .await?;
             if rows.len() != round.len() {
                 return Err(StoreError::Corrupt(format!(

@@ -13,6 +13,7 @@ mod listen;
 mod ordering;
 mod partitions;
 mod pool;
+mod reach;
 mod recovery;
 mod seed;
 mod webhooks;
@@ -35,6 +36,7 @@ pub use partitions::{
     PartitionPolicy,
 };
 pub use pool::{DatabaseSettings, Store};
+pub use reach::Reach;
 pub use recovery::{Recovered, RecoveredTask, RecoveryLimits};
 pub use seed::SeedWebhook;
 pub use webhooks::{NewWebhook, WebhookPatch, WebhookRecord, WebhookWriteError};

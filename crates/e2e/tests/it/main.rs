@@ -10,6 +10,7 @@ mod hostile;
 mod ingest;
 mod manage;
 mod ordering;
+mod reach;
 mod retention;
 mod shards;
 

@@ -3,6 +3,7 @@
 
 mod fanout;
 mod partitions;
+mod reach;
 mod recording;
 mod recovery;
 

@@ -308,6 +308,7 @@ async fn a_batch_of_claims_answers_each_ask_as_alone_and_one_copy_of_an_attempt_
         event: r.event_id,
         delivery: r.delivery_id,
         attempt,
+        create_for: None,
     };
     // Two copies of a's attempt 2 in one batch, between asks about other deliveries, and
     // a copy of a's attempt 1 (made).

@@ -27,7 +27,7 @@ async fn webhook(db: &TestDb) -> (WebhookId, ApiKeyId, DateTime<Utc>) {
 }
 
 /// A producer's event of `event_type`, fanned out (to whom it was: the test says).
-async fn event(db: &TestDb, event_type: EventType) -> EventId {
+pub(crate) async fn event(db: &TestDb, event_type: EventType) -> EventId {
     let id = EventId::new();
     db.store
         .insert_direct_event(&NewEvent {
@@ -51,7 +51,7 @@ async fn event(db: &TestDb, event_type: EventType) -> EventId {
     id
 }
 
-async fn record(store: &Store, event: EventId, webhook: WebhookId, kind: RecordKind) {
+pub(crate) async fn record(store: &Store, event: EventId, webhook: WebhookId, kind: RecordKind) {
     store
         .record_batch(
             &[AttemptRecord {
@@ -68,7 +68,7 @@ async fn record(store: &Store, event: EventId, webhook: WebhookId, kind: RecordK
         .unwrap();
 }
 
-fn attempt(outcome: Outcome) -> RecordKind {
+pub(crate) fn attempt(outcome: Outcome) -> RecordKind {
     RecordKind::Attempt {
         outcome,
         status_code: Some(if outcome == Outcome::Success {
@@ -83,7 +83,7 @@ fn attempt(outcome: Outcome) -> RecordKind {
     }
 }
 
-async fn set_active(store: &Store, owner: ApiKeyId, webhook: WebhookId, active: bool) {
+pub(crate) async fn set_active(store: &Store, owner: ApiKeyId, webhook: WebhookId, active: bool) {
     store
         .update_webhook(
             owner,
