@@ -88,25 +88,38 @@ async fn only_webhooks_surely_fanned_out_to_and_without_a_row_get_one_due_once_p
     let (lost, _) = old_webhook(&db).await;
     let (disabled, disabled_owner) = old_webhook(&db).await;
     let (disabled_before, disabled_before_owner) = old_webhook(&db).await;
+    let (disabled_during, disabled_during_owner) = old_webhook(&db).await;
     let (changed, _) = old_webhook(&db).await;
     let (_newcomer, _) = crate::webhook(&db).await;
     let old = fanned_out(&db, 600).await;
     let recent = fanned_out(&db, 10).await;
     record(store, old, reached, attempt(Outcome::Success)).await;
-    // Disabled since the event was accepted (its last change): its copy is recorded
-    // skipped. Disabled an hour ago: fan-out gave it nothing.
+    // Disabled after the event's fan-out (its last change): its copy is recorded skipped.
+    // Disabled an hour ago, or while the event was being fanned out (between its accepting
+    // and the fan-out's end): fan-out may have given it nothing.
     set_active(store, disabled_owner, disabled, false).await;
-    set_active(store, disabled_before_owner, disabled_before, false).await;
-    sql(&db)
-        .await
-        .execute(
-            "UPDATE webhooks SET disabled_at = now() - interval '1 hour',
-                                 updated_at = now() - interval '1 hour'
-             WHERE id = $1",
-            &[&disabled_before.as_uuid()],
-        )
-        .await
-        .unwrap();
+    for (hook, owner, at) in [
+        (
+            disabled_before,
+            disabled_before_owner,
+            "now() - interval '1 hour'",
+        ),
+        (
+            disabled_during,
+            disabled_during_owner,
+            "now() - interval '599.5 seconds'",
+        ),
+    ] {
+        set_active(store, owner, hook, false).await;
+        sql(&db)
+            .await
+            .execute(
+                &format!("UPDATE webhooks SET disabled_at = {at}, updated_at = {at} WHERE id = $1"),
+                &[&hook.as_uuid()],
+            )
+            .await
+            .unwrap();
+    }
     // Changed after the event was accepted: what fan-out saw of it is unknown.
     sql(&db)
         .await
