@@ -305,6 +305,20 @@ ensure_receiver_langs() {
   fi
 }
 
+# The portal's browser tests (crates/e2e/tests/portal.rs): headless Chromium, its driver and
+# Selenium, all from the distribution's packages (no browser download).
+ensure_browser() {
+  local missing=()
+  have chromium || missing+=(chromium)
+  have chromedriver || missing+=(chromium-driver)
+  # The distribution's Python, which the package installs into (not a pyenv or venv one).
+  /usr/bin/python3 -c 'import selenium' 2>/dev/null || missing+=(python3-selenium)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    apt_install "${missing[@]}" ||
+      die "the portal's browser tests need ${missing[*]} (apt-get install ${missing[*]}, as root)"
+  fi
+}
+
 ensure_psql() {
   have psql || apt_install postgresql-client || die "psql is needed (package postgresql-client)."
 }

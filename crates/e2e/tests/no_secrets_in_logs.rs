@@ -73,6 +73,44 @@ async fn no_secret_or_key_appears_in_any_log_line() {
     system
         .post("/v1/events", &producer, &json!({"event": "nope"}))
         .await;
+    // The portal: a sign-in (the key in a form body), a page with its session cookie, and
+    // a registration whose secret the page shows.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let signed_in = client
+        .post(format!("{}/portal/sign-in", system.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("api_key={customer}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let session = signed_in.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let registered = client
+        .post(format!("{}/portal/webhooks", system.base))
+        .header("cookie", &session)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("url=https%3A%2F%2F127.0.0.1%3A9%2Fportal&events=council.new")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+    let page = registered.text().await.unwrap();
+    let portal_secret = page
+        .split("<code id=\"secret\">")
+        .nth(1)
+        .and_then(|rest| rest.split('<').next())
+        .unwrap()
+        .to_owned();
+    assert!(portal_secret.starts_with("whsec_"), "{page}");
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let encryption_key = system
         .env
@@ -97,6 +135,8 @@ async fn no_secret_or_key_appears_in_any_log_line() {
         ("producer key", producer.as_str()),
         ("unknown key", "aioka_ck_not-a-real-key"),
         ("encryption key", encryption_key.as_str()),
+        ("secret a portal page showed", portal_secret.as_str()),
+        ("portal session cookie", session.as_str()),
     ] {
         assert!(!logs.contains(value), "the {what} appears in the logs");
     }

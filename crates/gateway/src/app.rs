@@ -108,15 +108,27 @@ pub fn route_table() -> Vec<RouteSpec> {
     routes().table
 }
 
-/// The whole application.
+/// The whole application: the customer API, and the portal (`/portal`) over it.
 pub fn router(state: AppState) -> Router {
+    let timeout = state.settings.request_timeout;
+    let api = api(state.clone());
+    with_layers(crate::portal::router(state, api.clone()), timeout).merge(api)
+}
+
+/// The customer API alone, as curl reaches it (the portal's pages call it in process).
+fn api(state: AppState) -> Router {
     let timeout = state.settings.request_timeout;
     let Routes { router, .. } = routes();
     let api = router
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state.clone());
-    api.layer(
+        .with_state(state);
+    with_layers(api, timeout)
+}
+
+/// Panics, traces, metrics and the request timeout, for the API and the portal alike.
+fn with_layers(router: Router, timeout: Duration) -> Router {
+    router.layer(
         ServiceBuilder::new()
             .layer(CatchPanicLayer::custom(panic_response))
             .layer(TraceLayer::new_for_http())

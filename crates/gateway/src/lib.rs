@@ -11,6 +11,7 @@ mod deliveries;
 mod error;
 mod events;
 mod extract;
+mod portal;
 mod recovery;
 pub mod settings;
 mod state;
